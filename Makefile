@@ -1,0 +1,59 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - create .venv, install, run the built-in default sweep, print Table 3
+#   make test   - create .venv if needed, run the test suite (what .ci/run runs)
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+SHARED  ?= ../shared
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install data model demo test test-fast table3 bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+# Offline data: link the shared copies into the data root under their standard names.
+data:
+	@mkdir -p data
+	@for d in wikitext-2-raw wikitext-2-tokens squad-v1.1; do \
+	  if [ ! -e data/$$d ] && [ -d $(SHARED)/data/$$d ]; then ln -s "$$(cd $(SHARED)/data/$$d && pwd)" data/$$d; fi; \
+	done
+
+# The default model: the shared trained tiny Llama, or one trained here from local text.
+model: install data
+	@mkdir -p models
+	@if [ ! -e models/tiny-llama-wt2 ]; then \
+	  if [ -d $(SHARED)/models/tiny-llama-wt2 ]; then \
+	    ln -s "$$(cd $(SHARED)/models/tiny-llama-wt2 && pwd)" models/tiny-llama-wt2; \
+	  else $(PY) scripts/train_tiny.py; fi; \
+	fi
+
+demo: model
+	$(PY) scripts/run.py +sweep=demo
+	$(PY) scripts/tables.py --print table3
+
+table3: model
+	$(PY) scripts/run.py +sweep=table3 $(ARGS)
+	$(PY) scripts/run.py +sweep=table3_owl $(ARGS)
+	$(PY) scripts/tables.py --print table3
+
+test: model
+	$(PY) -m pytest -q
+
+test-fast: model
+	$(PY) -m pytest -q -m "not slow"
+
+bench: model
+	$(PY) scripts/bench_speed.py
+
+clean:
+	rm -rf $(VENV) results/runs results/hydra

@@ -1,0 +1,174 @@
+"""The sequential layer-by-layer driver (the GPTQ/SparseGPT reference structure, batched).
+
+1. Run the calibration windows through the embeddings and capture the first block's inputs.
+2. For each block: hook its linears, forward the calibration batches to gather statistics,
+   let the method compress each linear, then recompute the block's outputs with the
+   compressed weights: they are the next block's inputs.
+Only the current block has to sit on the compute device, so a model larger than the
+accelerator still compresses (`offload`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from methods import stats as stats_mod
+from methods.arch import Family
+from methods.base import Method
+
+Batch = tuple[torch.Tensor, dict[str, Any]]
+
+
+class _Captured(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    """Stands in for block 0: records its inputs, then stops the forward pass."""
+
+    def __init__(self, block: nn.Module, sink: list[Batch]):
+        super().__init__()
+        self.block, self.sink = block, sink
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if args:
+            raise RuntimeError("block called with positional arguments beyond hidden_states")
+        self.sink.append((hidden_states, kwargs))
+        raise _Captured
+
+
+def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:
+    """Move every parameter and buffer except the blocks' to `device` (embeddings, norms, rotary)."""
+    inside = {id(t) for t in list(blocks.parameters()) + list(blocks.buffers())}
+    for mod in model.modules():
+        for key, p in mod._parameters.items():
+            if p is not None and id(p) not in inside:
+                p.data = p.data.to(device)
+        for key, b in mod._buffers.items():
+            if b is not None and id(b) not in inside:
+                mod._buffers[key] = b.to(device)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class Session:
+    """Calibration state of one compression run, shared by the engine and a method's `plan`."""
+
+    model: nn.Module
+    family: Family
+    device: torch.device
+    inputs: list[Batch] = field(default_factory=list)
+    progress: bool = True
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.family.blocks(self.model)
+
+    @torch.inference_mode()
+    def capture(self, windows: torch.Tensor, batch_size: int) -> None:
+        """Store block 0's inputs (hidden states + keyword arguments) for the calibration windows."""
+        blocks = self.blocks
+        home = next(self.model.parameters()).device
+        _move_outside_blocks(self.model, blocks, self.device)
+        first = blocks[0]
+        blocks[0] = _Catcher(first, self.inputs)
+        try:
+            for i in range(0, windows.shape[0], batch_size):
+                try:
+                    self.model(input_ids=windows[i:i + batch_size].to(self.device), use_cache=False)
+                except _Captured:
+                    pass
+        finally:
+            blocks[0] = first
+            _move_outside_blocks(self.model, blocks, home)
+
+    def forward_block(self, block: nn.Module, inputs: list[Batch]) -> list[Batch]:
+        with torch.inference_mode():
+            out = []
+            for hidden, kwargs in inputs:
+                y = block(hidden, **kwargs)
+                out.append((y[0] if isinstance(y, tuple) else y, kwargs))
+            return out
+
+    def walk(self, visit: Callable[[int, nn.Module, list[Batch]], None], desc: str) -> None:
+        """Call `visit(index, block, inputs)` for each block in order, each on the compute device,
+        then feed its (possibly changed) outputs to the next block. Leaves `self.inputs` intact."""
+        inputs = self.inputs
+        for i, block in enumerate(tqdm(self.blocks, desc=desc, disable=not self.progress)):
+            home = next(block.parameters()).device
+            block.to(self.device)
+            visit(i, block, inputs)
+            if i + 1 < len(self.blocks):
+                inputs = self.forward_block(block, inputs)
+            block.to(home)
+
+    def gather(self, block: nn.Module, layers: dict[str, nn.Module], kinds: frozenset[str],
+               inputs: list[Batch]) -> dict[str, stats_mod.LinearStats]:
+        """Statistics of `layers`' inputs over one forward of the calibration batches."""
+        found, handles = stats_mod.attach(layers, kinds)
+        try:
+            self.forward_block(block, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
+
+def compress(model: nn.Module, family: Family, method: Method, windows: torch.Tensor | None,
+             device: torch.device, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
+    """Compress `model` in place with `method`; returns timing of the phases in seconds."""
+    session = Session(model, family, device, progress=progress)
+    t0 = time.perf_counter()
+    if method.needs_calibration:
+        if windows is None:
+            raise ValueError(f"method '{method.name}' needs calibration data")
+        session.capture(windows, batch_size)
+    t1 = time.perf_counter()
+    method.plan(session)
+
+    def visit(i: int, block: nn.Module, inputs: list[Batch]) -> None:
+        linears = family.linears(block)
+        groups = family.sequential if method.true_sequential else (tuple(linears),)
+        for group in groups:
+            layers = {name: linears[name] for name in group}
+            found = session.gather(block, layers, method.stats, inputs) if method.stats else {}
+            for name, layer in layers.items():
+                method.compress(i, name, layer, found.get(name))
+
+    with torch.no_grad():
+        session.walk(visit, desc=f"compress[{method.name}]")
+    return {"capture_s": t1 - t0, "compress_s": time.perf_counter() - t1}
+
+
+def linear_sparsity(model: nn.Module, family: Family) -> dict[str, Any]:
+    """Zero fraction of the compressed linears, per block and overall, and of the whole model."""
+    from methods.arch import weight_matrix
+    zeros = total = 0
+    per_block = []
+    for block in family.blocks(model):
+        bz = bt = 0
+        for layer in family.linears(block).values():
+            w = weight_matrix(layer)
+            bz += int((w == 0).sum())
+            bt += w.numel()
+        per_block.append(bz / bt)
+        zeros, total = zeros + bz, total + bt
+    params = sum(p.numel() for p in model.parameters())
+    return {"linear_sparsity": zeros / total, "model_sparsity": zeros / params,
+            "per_block_sparsity": per_block, "linear_weights": total, "model_params": params}

@@ -1,0 +1,53 @@
+"""Per-linear input statistics gathered with forward hooks during calibration forwards."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from methods.arch import in_features
+
+HESSIAN = "hessian"  # H = 2/N Σ x xᵀ (SparseGPT/GPTQ), N = number of calibration sequences
+ACT_SQ = "act_sq"    # Σ_tokens x_j² / N (Wanda's `scaler_row`; ‖X_j‖₂ = sqrt(N · act_sq_j))
+KINDS = (HESSIAN, ACT_SQ)
+
+
+class LinearStats:
+    """Running sums over the calibration tokens seen by one linear layer."""
+
+    def __init__(self, in_features: int, kinds: frozenset[str], device: torch.device):
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {KINDS}")
+        self.kinds = kinds
+        self.nsamples = 0
+        self._xtx = torch.zeros(in_features, in_features, device=device) if HESSIAN in kinds else None
+        self._sq = torch.zeros(in_features, device=device) if ACT_SQ in kinds else None
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """`inp`: the layer input of a batch of sequences, (batch, tokens, in) or (tokens, in)."""
+        if inp.dim() == 2:
+            inp = inp.unsqueeze(0)
+        self.nsamples += inp.shape[0]
+        x = inp.reshape(-1, inp.shape[-1]).float()
+        if self._xtx is not None:
+            self._xtx.addmm_(x.t(), x)
+        if self._sq is not None:
+            self._sq.add_(x.pow(2).sum(0))
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self._xtx * (2.0 / self.nsamples)
+
+    @property
+    def act_sq(self) -> torch.Tensor:
+        return self._sq / self.nsamples
+
+
+def attach(layers: dict[str, nn.Module], kinds: frozenset[str]) -> tuple[dict[str, LinearStats], list]:
+    """Hook every layer so each forward adds its input to a fresh `LinearStats`; returns stats and handles."""
+    stats, handles = {}, []
+    for name, layer in layers.items():
+        st = LinearStats(in_features(layer), kinds, layer.weight.device)
+        stats[name] = st
+        handles.append(layer.register_forward_hook(lambda _m, inp, _out, st=st: st.add_batch(inp[0])))
+    return stats, handles

@@ -1,0 +1,38 @@
+"""Run one compression + evaluation (or a Hydra multirun sweep with -m / +sweep=...).
+
+    python scripts/run.py method=sparsegpt method.sparsity=0.5
+    python scripts/run.py +sweep=table3
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from eval.data import DataMissing  # noqa: E402
+from eval.runner import ConfigError, run  # noqa: E402
+
+log = logging.getLogger("compbench")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        record = run(OmegaConf.to_container(cfg, resolve=True))
+    except (ConfigError, DataMissing) as err:
+        log.error("%s", err)
+        sys.exit(f"error: {err}")
+    ppl = ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
+                    for ds, m in record["metrics"].items())
+    comp = record["compression"]
+    print(f"[{record['id']}] {cfg.model.name} {cfg.method.name}: linear sparsity "
+          f"{comp['linear_sparsity']:.4f}, ppl {ppl}")
+
+
+if __name__ == "__main__":
+    main()
