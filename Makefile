@@ -39,12 +39,12 @@ model: install data
 
 demo: model
 	$(PY) scripts/run.py +sweep=demo
-	$(PY) scripts/tables.py --print table3
+	$(PY) scripts/tables.py print=true
 
 table3: model
 	$(PY) scripts/run.py +sweep=table3 $(ARGS)
 	$(PY) scripts/run.py +sweep=table3_owl $(ARGS)
-	$(PY) scripts/tables.py --print table3
+	$(PY) scripts/tables.py print=true
 
 test: model
 	$(PY) -m pytest -q

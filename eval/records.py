@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,9 +59,11 @@ class RecordStore:
             raise
         return target
 
-    def remove_partials(self) -> int:
-        """Delete temp files left by a killed run; returns how many."""
-        stale = list(self.dir.glob(f"{TMP_PREFIX}*"))
+    def remove_partials(self, min_age_s: float = 60.0) -> int:
+        """Delete temp files left by killed runs (older than `min_age_s`, so a concurrent
+        writer's file is spared); returns how many."""
+        now = time.time()
+        stale = [p for p in self.dir.glob(f"{TMP_PREFIX}*") if now - p.stat().st_mtime > min_age_s]
         for p in stale:
             p.unlink(missing_ok=True)
         return len(stale)

@@ -1,0 +1,37 @@
+"""Regenerate the survey tables (CSV + LaTeX) from the run records under results/runs/."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from eval.records import RecordStore  # noqa: E402
+from tables.build import TABLES, build, write  # noqa: E402
+
+
+@hydra.main(config_path="../conf", config_name="tables", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    unknown = [t for t in cfg.tables if t not in TABLES]
+    if unknown:
+        sys.exit(f"error: unknown table(s) {unknown}; available: {', '.join(TABLES)}")
+    results = Path(cfg.paths.results)
+    records = list(RecordStore(results))
+    for key in cfg.tables:
+        df = build(TABLES[key], records)
+        csv, tex = write(TABLES[key], df, results / "tables")
+        n = int((df["source"] == "reproduced").sum())
+        print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")
+        if cfg.print:
+            cols = ["source", "method", "plm", "granularity", "comp_rate", "ppl_plm", "ppl_compressed",
+                    "delta_ppl", "record"]
+            with pd.option_context("display.width", 200, "display.max_rows", 200):
+                print(df[[c for c in cols if c in df.columns]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

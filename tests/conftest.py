@@ -1,0 +1,66 @@
+"""Shared fixtures: the offline data root and the tiny trained Llama (linked by `make data model`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("COMPBENCH_DATA_ROOT", ROOT / "data"))
+TINY = ROOT / "models" / "tiny-llama-wt2"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} missing at {path}: run `make data model` first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return _require(DATA_ROOT / "wikitext-2-raw" / "wiki.test.raw", "WikiText-2 test file").parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    return _require(TINY / "config.json", "tiny model").parent
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_path):
+    from eval.models import load
+    return load(str(tiny_path))
+
+
+def base_config(results: Path, **over) -> dict:
+    """A resolved run config like Hydra's default one, for calling the runner directly."""
+    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"paths.results={results}", f"paths.data_root={DATA_ROOT}", "progress=false"]
+    overrides += [f"{k}={v}" for k, v in over.items()]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(**over) -> dict:
+        return base_config(tmp_path / "results", **over)
+    return make
+
+
+def correlated_inputs(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Layer inputs with correlated features and a few outlier channels, like real activations."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(dim, dim, generator=g) / dim ** 0.5 + torch.eye(dim)
+    x = torch.randn(n, dim, generator=g) @ mix
+    x[:, : dim // 32 + 1] *= 8.0
+    return x

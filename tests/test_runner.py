@@ -1,0 +1,67 @@
+"""Bad input fails before any work with one clear message; records carry their provenance."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.data import DataMissing
+from eval.records import RecordStore
+from eval.runner import ConfigError, plan, run
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"method.name": "prunemagic"}, r"unknown method 'prunemagic'; available: .*sparsegpt.*wanda"),
+    ({"method": "wanda", "method.sparsity": 1.0}, r"sparsity must lie in \[0, 1\)"),
+    ({"method": "wanda", "method.sparsity": "'4:2'"}, r"0 < N < M"),
+    ({"method": "sparsegpt", "method.sparsity": "'1:3'"}, r"not divisible by M=3"),
+    ({"eval.datasets": "[ptb]"}, r"unknown evaluation dataset 'ptb'; known: wikitext2, c4"),
+    ({"method": "wanda", "calib.source": "books"}, r"unknown calibration source 'books'"),
+    ({"model.dtype": "float8"}, r"unknown dtype 'float8'"),
+    ({"model.path": "/nonexistent/model"}, r"neither a local folder nor reachable"),
+    ({"method": "owl_wanda", "method.sparsity": "'2:4'"}, r"N:M is not supported"),
+])
+def test_bad_input_gets_one_clear_error(make_config, over, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(make_config(**over))
+
+
+def test_unknown_model_family_is_refused(make_config, tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(ConfigError, match=r"model_type 'bert' is not a family the engine knows \(.*llama"):
+        plan(make_config(**{"model.path": str(folder)}))
+
+
+def test_missing_data_offline_names_the_file(make_config, tmp_path):
+    cfg = make_config(**{"paths.data_root": str(tmp_path / "empty"), "eval.max_windows": 2})
+    with pytest.raises(DataMissing, match=r"wiki\.test\.raw"):
+        run(cfg)
+
+
+def test_identity_separates_what_changes_numbers(make_config):
+    a = plan(make_config(method="wanda"))
+    assert a.rid != plan(make_config(method="wanda", seed=1)).rid
+    assert a.rid != plan(make_config(method="wanda", **{"calib.nsamples": 64})).rid
+    assert a.rid == plan(make_config(method="wanda", progress="true")).rid
+    # the dense baseline does not depend on the method, its calibration or the seed
+    assert a.dense_rid == plan(make_config(method="sparsegpt", seed=3)).dense_rid
+    assert "calib" not in plan(make_config(method="magnitude")).identity
+
+
+def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
+    cfg = make_config(method="wanda", **{"eval.max_windows": 3, "calib.nsamples": 8})
+    rec = run(cfg)
+    store = RecordStore(cfg["paths"]["results"])
+    assert store.exists(rec["id"]) and store.exists(rec["dense_id"])
+    assert rec["config"]["method"] == {"name": "wanda", "sparsity": 0.5}
+    assert rec["seed"] == 0 and rec["versions"]["torch"] and rec["hardware"]["device"] == "cpu"
+    assert rec["timing"]["compress_s"] > 0 and rec["memory"]["compress"]["peak_rss_bytes"] > 0
+    assert rec["compression"]["linear_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert 0 < rec["compression"]["model_sparsity"] < rec["compression"]["linear_sparsity"]
+    dense_mtime = store.path(rec["dense_id"]).stat().st_mtime_ns
+    again = run(make_config(method="magnitude", **{"eval.max_windows": 3}))
+    assert again["dense_id"] == rec["dense_id"]
+    assert store.path(rec["dense_id"]).stat().st_mtime_ns == dense_mtime  # evaluated once
+    assert run(cfg)["created"] == rec["created"]  # existing record: skipped, not redone
