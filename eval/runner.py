@@ -100,7 +100,9 @@ def _meta_linears(hf_config, family) -> dict[str, torch.nn.Module]:
 
 
 def evaluate(plan_: RunPlan, lm: models.LoadedModel, label: str) -> dict[str, Any]:
+    """Perplexity on every configured dataset, with the whole model on the run's device."""
     ecfg = plan_.cfg["eval"]
+    lm.model.to(plan_.device)
     out = {}
     for ds in ecfg["datasets"]:
         ids = data_mod.eval_tokens(ds, plan_.data, lm.tokenizer, plan_.seqlen)
@@ -139,13 +141,17 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     seed_everything(p.cfg["seed"])
     t_load = time.perf_counter()
     mc = p.cfg["model"]
-    lm = models.load(mc["path"], mc["dtype"], p.device, p.seqlen, mc.get("trust_remote_code", False))
+    offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
+    lm = models.load(mc["path"], mc["dtype"], "cpu" if offload else p.device, p.seqlen,
+                     mc.get("trust_remote_code", False))
     t_load = time.perf_counter() - t_load
 
     if not store.exists(p.dense_rid) or (force and p.rid == p.dense_rid):
         with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
             metrics = evaluate(p, lm, "dense")
         sparsity = engine.linear_sparsity(lm.model, lm.family)
+        if offload:
+            lm.model.to("cpu")
         dense = _record(p, p.dense_identity, p.dense_rid, metrics, {
             "kind": "dense", "compression": sparsity,
             "timing": {"load_s": t_load, "eval_s": t_eval.seconds},

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from methods.arch import in_features
 
 HESSIAN = "hessian"  # H = 2/N Σ x xᵀ (SparseGPT/GPTQ), N = number of calibration sequences
 ACT_SQ = "act_sq"    # Σ_tokens x_j² / N (Wanda's `scaler_row`; ‖X_j‖₂ = sqrt(N · act_sq_j))
@@ -41,13 +38,3 @@ class LinearStats:
     @property
     def act_sq(self) -> torch.Tensor:
         return self._sq / self.nsamples
-
-
-def attach(layers: dict[str, nn.Module], kinds: frozenset[str]) -> tuple[dict[str, LinearStats], list]:
-    """Hook every layer so each forward adds its input to a fresh `LinearStats`; returns stats and handles."""
-    stats, handles = {}, []
-    for name, layer in layers.items():
-        st = LinearStats(in_features(layer), kinds, layer.weight.device)
-        stats[name] = st
-        handles.append(layer.register_forward_hook(lambda _m, inp, _out, st=st: st.add_batch(inp[0])))
-    return stats, handles

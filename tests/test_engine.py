@@ -42,3 +42,24 @@ def test_batched_statistics_equal_one_sample_at_a_time(tiny, data_root):
     assert found[1].nsamples == found[6].nsamples == 6
     torch.testing.assert_close(found[1].hessian, found[6].hessian, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(found[1].act_sq, found[6].act_sq, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_inputs_share_statistics_and_match_separate_sums(tiny, data_root):
+    wins = _windows(tiny, data_root, n=4)
+    session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
+    session.capture(wins, batch_size=2)
+    block = tiny.family.blocks(tiny.model)[0]
+    linears = tiny.family.linears(block)
+    found = session.gather(block, linears, frozenset({HESSIAN}), session.inputs)
+    assert found["self_attn.q_proj"] is found["self_attn.k_proj"] is found["self_attn.v_proj"]
+    assert found["mlp.gate_proj"] is found["mlp.up_proj"]
+    assert found["self_attn.o_proj"] is not found["self_attn.q_proj"]
+    seen = {}
+    hooks = [linears[n].register_forward_hook(lambda _m, i, _o, n=n: seen.setdefault(n, []).append(i[0]))
+             for n in ("self_attn.k_proj", "mlp.down_proj")]
+    session.forward_block(block, session.inputs)
+    for h in hooks:
+        h.remove()
+    for name, xs in seen.items():
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
+        torch.testing.assert_close(found[name].hessian, 2 / 4 * x.t() @ x, rtol=1e-4, atol=1e-3)
