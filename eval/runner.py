@@ -123,6 +123,17 @@ def _record(plan_: RunPlan, identity: dict, rid: str, metrics: dict, extra: dict
     }
 
 
+def compression_rates(info: dict[str, Any]) -> dict[str, float]:
+    """The survey's rates: for quantization 1 - stored bits / (16 x weights), counting scales,
+    zeros, outliers and codebooks (linears alone, and the whole model with everything else at
+    16 bits); for pruning the fraction of zeroed weights."""
+    if "stored_bits" in info and info.get("quantized_weights"):
+        stored, quantized, params = info["stored_bits"], info["quantized_weights"], info["model_params"]
+        return {"comp_rate": 1 - stored / (16 * quantized),
+                "model_comp_rate": 1 - (stored + 16 * (params - quantized)) / (16 * params)}
+    return {"comp_rate": info["linear_sparsity"], "model_comp_rate": info["model_sparsity"]}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -150,6 +161,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
             metrics = evaluate(p, lm, "dense")
         sparsity = engine.linear_sparsity(lm.model, lm.family)
+        sparsity.update(comp_rate=0.0, model_comp_rate=0.0)
         if offload:
             lm.model.to("cpu")
         dense = _record(p, p.dense_identity, p.dense_rid, metrics, {
@@ -173,9 +185,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
                                  p.cfg["engine"]["batch_size"], p.cfg.get("progress", True))
     with provenance.PeakMemory(p.device) as mem_e, provenance.Timer() as t_eval:
         metrics = evaluate(p, lm, p.method.name)
+    compression = {**engine.linear_sparsity(lm.model, lm.family), **p.method.summary()}
     record = _record(p, p.identity, p.rid, metrics, {
         "kind": "compressed", "dense_id": p.dense_rid,
-        "compression": {**engine.linear_sparsity(lm.model, lm.family), **p.method.summary()},
+        "compression": {**compression, **compression_rates(compression)},
         "timing": {"load_s": t_load, "calib_data_s": t_calib.seconds, "compress_s": t_comp.seconds,
                    **phases, "eval_s": t_eval.seconds},
         "memory": {"compress": mem_c.report(), "eval": mem_e.report()}})

@@ -21,7 +21,10 @@ class Method:
 
     name: ClassVar[str]
     stats: ClassVar[frozenset[str]] = frozenset()
-    true_sequential: ClassVar[bool] = False
+    true_sequential: bool = False
+    plans: ClassVar[bool] = False  # True if `plan` needs a calibration pass before compression
+    # False: the next block's calibration inputs come from the block before compression (AWQ)
+    propagate_compressed: ClassVar[bool] = True
 
     def __init__(self, **knobs: Any):
         self.knobs = knobs
@@ -30,13 +33,22 @@ class Method:
     def needs_calibration(self) -> bool:
         return bool(self.stats) or self.plans
 
-    plans: ClassVar[bool] = False  # True if `plan` needs a calibration pass before compression
-
     def check_model(self, linears: Mapping[str, nn.Module]) -> None:
         """Raise ValueError if the model's linears cannot take this method (before any work)."""
 
     def plan(self, session) -> None:
         """Optional pass before compression (e.g. OWL's layer-wise sparsities); see engine.Session."""
+
+    def compress_block(self, session, index: int, block: nn.Module, inputs) -> None:
+        """Compress one block's linears. Default: gather `stats` (after each true-sequential
+        group, or once for the whole block) and call `compress` for each linear."""
+        linears = session.family.linears(block)
+        groups = session.family.sequential if self.true_sequential else (tuple(linears),)
+        for group in groups:
+            layers = {name: linears[name] for name in group}
+            found = session.gather(block, layers, self.stats, inputs) if self.stats else {}
+            for name, layer in layers.items():
+                self.compress(index, name, layer, found.get(name))
 
     def compress(self, block: int, name: str, layer: nn.Module, stats: LinearStats | None) -> None:
         raise NotImplementedError

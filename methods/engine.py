@@ -93,16 +93,20 @@ class Session:
                 out.append((y[0] if isinstance(y, tuple) else y, (args, kwargs)))
             return out
 
-    def walk(self, visit: Callable[[int, nn.Module, list[Batch]], None], desc: str) -> None:
+    def walk(self, visit: Callable[[int, nn.Module, list[Batch]], None], desc: str,
+             propagate_changed: bool = True) -> None:
         """Call `visit(index, block, inputs)` for each block in order, each on the compute device,
-        then feed its (possibly changed) outputs to the next block. Leaves `self.inputs` intact."""
+        then feed its outputs to the next block: those of the changed block, or with
+        `propagate_changed=False` those it had before `visit`. Leaves `self.inputs` intact."""
         inputs = self.inputs
         for i, block in enumerate(tqdm(self.blocks, desc=desc, disable=not self.progress)):
             home = next(block.parameters()).device
             block.to(self.device)
+            last = i + 1 == len(self.blocks)
+            outputs = None if propagate_changed or last else self.forward_block(block, inputs)
             visit(i, block, inputs)
-            if i + 1 < len(self.blocks):
-                inputs = self.forward_block(block, inputs)
+            if not last:
+                inputs = self.forward_block(block, inputs) if outputs is None else outputs
             block.to(home)
 
     def gather(self, block: nn.Module, layers: dict[str, nn.Module], kinds: frozenset[str],
@@ -163,16 +167,10 @@ def compress(model: nn.Module, family: Family, method: Method, windows: torch.Te
     method.plan(session)
 
     def visit(i: int, block: nn.Module, inputs: list[Batch]) -> None:
-        linears = family.linears(block)
-        groups = family.sequential if method.true_sequential else (tuple(linears),)
-        for group in groups:
-            layers = {name: linears[name] for name in group}
-            found = session.gather(block, layers, method.stats, inputs) if method.stats else {}
-            for name, layer in layers.items():
-                method.compress(i, name, layer, found.get(name))
+        method.compress_block(session, i, block, inputs)
 
     with torch.no_grad():
-        session.walk(visit, desc=f"compress[{method.name}]")
+        session.walk(visit, desc=f"compress[{method.name}]", propagate_changed=method.propagate_compressed)
     return {"capture_s": t1 - t0, "compress_s": time.perf_counter() - t1}
 
 

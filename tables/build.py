@@ -18,6 +18,7 @@ class MethodRow:
     label: str
     ref: str
     cost: str = "low"
+    uniform: str = ""  # UQ / NUQ for quantization rows
 
 
 # How a registered method appears in the survey's tables (label, survey reference number).
@@ -30,6 +31,19 @@ PRUNING_DECODER = {
 }
 
 
+QUANT_DECODER = {
+    "rtn": MethodRow("RTN", "", uniform="UQ"),
+    "gptq": MethodRow("OPTQ", "42", uniform="UQ"),
+    "awq": MethodRow("AWQ", "95", uniform="UQ"),
+    "smoothquant": MethodRow("SmoothQuant", "157", uniform="UQ"),
+    "owq": MethodRow("OWQ", "86", uniform="UQ"),
+    "spqr": MethodRow("SpQR", "35", uniform="UQ"),
+    "squeezellm": MethodRow("SqueezeLLM", "71", uniform="NUQ"),
+    "zeroquant": MethodRow("ZeroQuant", "160", uniform="UQ"),
+    "nf4": MethodRow("NF4", "34", uniform="NUQ"),
+}
+
+
 @dataclass(frozen=True)
 class TableSpec:
     key: str
@@ -37,6 +51,7 @@ class TableSpec:
     caption: str
     methods: dict[str, MethodRow]
     reproduce: Callable[[dict, dict[str, dict], dict[str, MethodRow]], dict | None]
+    kind_column: str = "granularity"  # the 4th LaTeX column: granularity (pruning) or uniform (quant)
 
 
 def _ppl(record: dict | None, ds: str) -> float | None:
@@ -50,11 +65,31 @@ def _granularity(record: dict) -> str:
     return "W" if pattern == "unstructured" else pattern
 
 
-def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, MethodRow]) -> dict | None:
-    name = record["identity"]["method"]["name"]
-    if record.get("kind") != "compressed" or name not in methods:
+def _method_meta(method_cfg: dict, methods: dict[str, MethodRow]) -> MethodRow | None:
+    """The row label of a method, or of a `compose` whose last step belongs to this table."""
+    name = method_cfg["name"]
+    if name != "compose":
+        return methods.get(name)
+    steps = [s["name"] for s in method_cfg["steps"]]
+    if steps[-1] not in methods:
         return None
-    meta = methods[name]
+    every = {**PRUNING_DECODER, **QUANT_DECODER}
+    last = methods[steps[-1]]
+    return MethodRow("+".join(every[s].label if s in every else s for s in steps), last.ref, last.cost, last.uniform)
+
+
+def _bits_label(comp: dict) -> str:
+    if "wbits" not in comp:
+        return ""
+    return f"W{comp['wbits']}" + (f"A{comp['abits']}" if comp.get("abits") else "")
+
+
+def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, MethodRow]) -> dict | None:
+    if record.get("kind") != "compressed":
+        return None
+    meta = _method_meta(record["identity"]["method"], methods)
+    if meta is None:
+        return None
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
     wt2 = record["metrics"].get("wikitext2", {})
@@ -67,9 +102,11 @@ def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, Method
                      f" x{calib['nsamples']}")
     return {
         "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": cfg["model"]["name"],
-        "granularity": _granularity(record), "cost": meta.cost,
-        "comp_rate": round(record["compression"]["linear_sparsity"], 4),
-        "model_comp_rate": round(record["compression"]["model_sparsity"], 4),
+        "granularity": _granularity(record), "uniform": meta.uniform, "cost": meta.cost,
+        "bits": _bits_label(record["compression"]), "group_size": record["compression"].get("group_size"),
+        "bits_per_weight": record["compression"].get("bits_per_weight"),
+        "comp_rate": round(record["compression"]["comp_rate"], 4),
+        "model_comp_rate": round(record["compression"]["model_comp_rate"], 4),
         "ppl_plm": _ppl(dense, "wikitext2"), "ppl_compressed": _ppl(record, "wikitext2"),
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
         "speedup": None, "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
@@ -81,6 +118,9 @@ TABLES = {
     "table3": TableSpec("table3", "table3_pruning_decoder.csv",
                         "Pruning of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
                         PRUNING_DECODER, _decoder_row),
+    "table5": TableSpec("table5", "table5_quantization_decoder.csv",
+                        "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
+                        QUANT_DECODER, _decoder_row, kind_column="uniform"),
 }
 
 
@@ -90,12 +130,13 @@ def reported(spec: TableSpec) -> pd.DataFrame:
     return df
 
 
-def _delta(row: dict, rep: pd.DataFrame) -> float | None:
-    """Reproduced minus reported perplexity where method, model, granularity and rate match."""
+def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
+    """Reproduced minus reported perplexity where method, model, granularity (or uniformity)
+    and rate match."""
     if row["flags"] or row["note"].startswith("subset") or row["ppl_compressed"] is None:
         return None
     same = rep[(rep["method"] == row["method"]) & (rep["plm"] == row["plm"])
-               & (rep["granularity"] == row["granularity"])
+               & (rep[kind_column] == row[kind_column])
                & ((rep["comp_rate"] - row["comp_rate"]).abs() < 5e-3)]
     if same.empty:
         return None
@@ -108,11 +149,13 @@ def build(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
     rep = reported(spec)
     rows = [row for r in records if (row := spec.reproduce(r, by_id, spec.methods)) is not None]
     for row in rows:
-        row["delta_ppl"] = _delta(row, rep)
-    repro = pd.DataFrame(rows, columns=list(rep.columns) + [
-        "delta_ppl", "model_comp_rate", "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record", "flags"])
+        row["delta_ppl"] = _delta(row, rep, spec.kind_column)
+    extra = ["delta_ppl", "model_comp_rate"] + (["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform"
+                                                 else []) + ["c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware",
+                                                             "record", "flags"]
+    repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
     if not repro.empty:
-        repro = repro.sort_values(["plm", "granularity", "comp_rate", "method", "record"], kind="stable")
+        repro = repro.sort_values(["plm", spec.kind_column, "comp_rate", "method", "record"], kind="stable")
     return pd.concat([rep, repro.astype(object)], ignore_index=True) if not repro.empty else rep
 
 
@@ -145,7 +188,8 @@ def _cell(key: str, value: Any, digits: int | None) -> str:
 
 def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
     cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),
-            ("Gran.", "granularity", None), ("Rate", "comp_rate", 3), ("PPL (PLM)", "ppl_plm", 2),
+            ("Gran." if spec.kind_column == "granularity" else "Uniform", spec.kind_column, None),
+            ("Rate", "comp_rate", 3), ("PPL (PLM)", "ppl_plm", 2),
             ("PPL (comp.)", "ppl_compressed", 2), ("$\\Delta$", "delta_ppl", 2), ("Speedup", "speedup", 2),
             ("Record", "record", None)]
     head = " & ".join(h if h.startswith("$") else latex_escape(h) for h, _, _ in cols) + r" \\"

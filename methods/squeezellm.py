@@ -1,0 +1,79 @@
+"""SqueezeLLM (Kim et al., 2024): dense-and-sparse non-uniform quantization.
+
+Algorithm (paper §3–4 / reference):
+  sparse part: the `outlier_ratio` largest |w| of the layer stay in fp16 (values + indices)
+  dense part, per output row: a 2^bits-entry codebook from weighted k-means (Lloyd) over the
+  row's weights, each weight weighted by its sensitivity; w ↦ nearest centroid
+Sensitivity: the paper's Fisher diagonal needs gradients; here the activation-based proxy
+H_jj = Σ x_j² (the same for every row), which the paper lists as the Hessian-diagonal variant.
+Storage: codes + one fp16 codebook per row + 32 bits per outlier.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from methods.arch import weight_matrix
+from methods.base import register
+from methods.quant_base import QuantMethod
+from methods.quantizer import FP16_BITS
+from methods.stats import ACT_SQ, LinearStats
+
+
+def weighted_kmeans_rows(W: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 30,
+                         row_chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row 1-D weighted k-means. W: (rows, cols); weight: (rows, cols) >= 0.
+    Returns centroids (rows, k) and assignments (rows, cols)."""
+    rows, cols = W.shape
+    cents = torch.empty(rows, k, device=W.device)
+    assign = torch.empty(rows, cols, dtype=torch.long, device=W.device)
+    for r0 in range(0, rows, row_chunk):
+        w, a = W[r0:r0 + row_chunk].float(), weight[r0:r0 + row_chunk].float()
+        lo, hi = w.min(1, keepdim=True)[0], w.max(1, keepdim=True)[0]
+        c = lo + (hi - lo) * torch.linspace(0, 1, k, device=W.device)  # uniform start: deterministic
+        for _ in range(iters):
+            idx = (w.unsqueeze(-1) - c.unsqueeze(1)).abs().argmin(-1)
+            onehot = torch.zeros(*idx.shape, k, device=W.device).scatter_(-1, idx.unsqueeze(-1), 1.0)
+            mass = (onehot * a.unsqueeze(-1)).sum(1)
+            total = (onehot * (a * w).unsqueeze(-1)).sum(1)
+            new = torch.where(mass > 0, total / mass.clamp(min=1e-12), c)
+            if torch.allclose(new, c):
+                break
+            c = new
+        cents[r0:r0 + row_chunk] = c
+        assign[r0:r0 + row_chunk] = (w.unsqueeze(-1) - c.unsqueeze(1)).abs().argmin(-1)
+    return cents, assign
+
+
+@register("squeezellm")
+class SqueezeLLM(QuantMethod):
+    stats = frozenset({ACT_SQ})
+
+    def __init__(self, wbits: int = 4, outlier_ratio: float = 0.0045, kmeans_iters: int = 30):
+        super().__init__(wbits, False, -1, None, "minmax", outlier_ratio=outlier_ratio, kmeans_iters=kmeans_iters)
+        if not 0 <= outlier_ratio < 1:
+            raise ValueError(f"outlier_ratio must lie in [0, 1), got {outlier_ratio}")
+        self.outlier_ratio, self.iters = outlier_ratio, kmeans_iters
+        self.outliers = 0
+
+    def compress(self, block: int, name: str, layer: nn.Module, stats: LinearStats) -> None:
+        W = weight_matrix(layer)
+        rows, cols = W.shape
+        Wf = W.float()
+        n_out = int(Wf.numel() * self.outlier_ratio)
+        sparse = torch.zeros_like(Wf, dtype=torch.bool)
+        if n_out:
+            sparse.view(-1)[torch.topk(Wf.abs().flatten(), n_out).indices] = True
+        sens = stats.act_sq.float().expand(rows, cols).clone()
+        sens[sparse] = 0  # outliers do not pull the codebook
+        cents, assign = weighted_kmeans_rows(torch.where(sparse, 0.0, Wf), sens, 2 ** self.spec.bits, self.iters)
+        Q = torch.gather(cents, 1, assign)
+        Q[sparse] = Wf[sparse]
+        W.copy_(Q.to(W.dtype))
+        self.outliers += n_out
+        self.account(block, name, rows, cols, n_groups=1, stat_bits=2 ** self.spec.bits * FP16_BITS,
+                     extra_bits=n_out * 2 * FP16_BITS)
+
+    def summary(self):
+        return {**super().summary(), "granularity": "codebook-per-row", "outliers": self.outliers,
+                "sensitivity": "activation (H_jj)"}
