@@ -51,8 +51,10 @@ def search_clip(x: torch.Tensor, W: torch.Tensor, spec: QuantSpec, n_grid: int =
     """AWQ's clipping search: per (row, group) the max |w| minimising that group's output error."""
     g = spec.group_size if spec.granularity == "group" else W.shape[1]
     rows, cols = W.shape
-    n_groups = cols // g
-    xg = x.float().reshape(-1, n_groups, g)                      # (tokens, groups, g)
+    pad = (-cols) % g  # a ragged last group: zero columns change neither its range nor its output
+    W = torch.nn.functional.pad(W.float(), (0, pad))
+    n_groups = (cols + pad) // g
+    xg = torch.nn.functional.pad(x.float(), (0, pad)).reshape(-1, n_groups, g)   # (tokens, groups, g)
     best_max = torch.empty(rows, n_groups, device=W.device)
     for r0 in range(0, rows, row_chunk):
         w = W[r0:r0 + row_chunk].float().reshape(-1, n_groups, g)   # (r, groups, g)
@@ -106,8 +108,8 @@ class AWQ(QuantMethod):
             W = weight_matrix(layer)
             if self.clip_search and not name.endswith(("q_proj", "k_proj", "query_key_value", "c_attn")):
                 mx = search_clip(self._sample(xs[name], self.clip_tokens), W, self.spec, self.n_grid, self.max_shrink)
-                g = W.shape[1] // mx.shape[1]
-                bound = mx.repeat_interleave(g, dim=1).to(W.dtype)
+                g = -(-W.shape[1] // mx.shape[1])
+                bound = mx.repeat_interleave(g, dim=1)[:, :W.shape[1]].to(W.dtype)
                 W.copy_(torch.clamp(W, -bound, bound))
             W.copy_(rtn(W, self.spec).to(W.dtype))
             self.account(index, name, *W.shape)

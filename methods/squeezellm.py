@@ -20,8 +20,14 @@ from methods.quantizer import FP16_BITS
 from methods.stats import ACT_SQ, LinearStats
 
 
+def _nearest(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid for each entry; c is sorted along dim 1 (1-D k-means)."""
+    mids = (c[:, 1:] + c[:, :-1]) / 2
+    return torch.searchsorted(mids.contiguous(), w.contiguous())
+
+
 def weighted_kmeans_rows(W: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 30,
-                         row_chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                         row_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row 1-D weighted k-means. W: (rows, cols); weight: (rows, cols) >= 0.
     Returns centroids (rows, k) and assignments (rows, cols)."""
     rows, cols = W.shape
@@ -32,16 +38,15 @@ def weighted_kmeans_rows(W: torch.Tensor, weight: torch.Tensor, k: int, iters: i
         lo, hi = w.min(1, keepdim=True)[0], w.max(1, keepdim=True)[0]
         c = lo + (hi - lo) * torch.linspace(0, 1, k, device=W.device)  # uniform start: deterministic
         for _ in range(iters):
-            idx = (w.unsqueeze(-1) - c.unsqueeze(1)).abs().argmin(-1)
-            onehot = torch.zeros(*idx.shape, k, device=W.device).scatter_(-1, idx.unsqueeze(-1), 1.0)
-            mass = (onehot * a.unsqueeze(-1)).sum(1)
-            total = (onehot * (a * w).unsqueeze(-1)).sum(1)
-            new = torch.where(mass > 0, total / mass.clamp(min=1e-12), c)
-            if torch.allclose(new, c):
+            idx = _nearest(w, c)
+            mass = torch.zeros_like(c).scatter_add_(1, idx, a)
+            total = torch.zeros_like(c).scatter_add_(1, idx, a * w)
+            new = torch.where(mass > 0, total / mass.clamp(min=1e-12), c).sort(1).values
+            if torch.equal(new, c):
                 break
             c = new
         cents[r0:r0 + row_chunk] = c
-        assign[r0:r0 + row_chunk] = (w.unsqueeze(-1) - c.unsqueeze(1)).abs().argmin(-1)
+        assign[r0:r0 + row_chunk] = _nearest(w, c)
     return cents, assign
 
 

@@ -1,0 +1,67 @@
+"""End to end on the tiny trained Llama: quantization methods, composed methods, Table 5."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import base_config
+from eval.records import RecordStore
+from eval.runner import run
+from tables.build import TABLES, build, write
+
+pytestmark = pytest.mark.slow
+
+SUBSET = {"eval.max_windows": 100, "calib.nsamples": 32}  # the same 100 windows for dense and methods
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+def _ppl(rec):
+    return rec["metrics"]["wikitext2"]["ppl"]
+
+
+def test_gptq_beats_rtn_at_3_bits_on_the_whole_test_set(results):
+    rtn = run(base_config(results, method="rtn", **{"method.wbits": 3}))
+    gptq = run(base_config(results, method="gptq", **{"method.wbits": 3}))
+    assert rtn["metrics"]["wikitext2"]["windows"] == 749
+    assert _ppl(gptq) < _ppl(rtn)
+    # per-channel: 3-bit codes + an fp16 scale and zero per output row; per block 2,656 rows, 790,528 weights
+    assert gptq["compression"]["comp_rate"] == pytest.approx(1 - (3 + 32 * 2656 / 790528) / 16)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "smoothquant", "owq", "spqr", "squeezellm", "zeroquant"])
+def test_every_method_at_8_bits_is_within_1_percent_of_dense(results, method):
+    rec = run(base_config(results, method=method, **{"method.wbits": 8}, **SUBSET))
+    dense = RecordStore(results).load(rec["dense_id"])
+    assert rec["compression"]["wbits"] == 8
+    assert abs(_ppl(rec) / _ppl(dense) - 1) < 0.01, (_ppl(rec), _ppl(dense))
+
+
+def test_nf4_is_close_to_dense(results):
+    rec = run(base_config(results, method="nf4", **SUBSET))
+    dense = RecordStore(results).load(rec["dense_id"])
+    assert rec["compression"]["bits_per_weight"] == pytest.approx(4.129, abs=0.002)
+    assert abs(_ppl(rec) / _ppl(dense) - 1) < 0.02
+
+
+def test_sparsegpt_then_gptq_composes(results):
+    rec = run(base_config(results, method="sparsegpt_gptq", **SUBSET))
+    comp = rec["compression"]
+    assert comp["steps"] == ["sparsegpt", "gptq"] and comp["wbits"] == 4
+    assert comp["linear_sparsity"] >= 0.5  # pruned weights stayed zero through quantization
+    dense = RecordStore(results).load(rec["dense_id"])
+    assert _ppl(dense) < _ppl(rec) < 1.2 * _ppl(dense)
+
+
+def test_table5_holds_reported_and_reproduced_rows(results, tmp_path):
+    if not any(r["kind"] == "compressed" for r in RecordStore(results)):
+        run(base_config(results, method="rtn", **SUBSET))
+    csv, _ = write(TABLES["table5"], build(TABLES["table5"], RecordStore(results)), tmp_path)
+    table = pd.read_csv(csv)
+    assert (table["source"] == "reported").sum() == 14
+    repro = table[table["source"] == "reproduced"]
+    assert len(repro) >= 1 and set(repro["plm"]) == {"tiny-llama-wt2"}
+    assert repro["record"].notna().all() and repro["bits"].str.startswith("W").all()
