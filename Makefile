@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data model demo test test-fast table3 bench clean
+.PHONY: install data model demo test test-fast table3 table5 bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,17 @@ model: install data
 
 demo: model
 	$(PY) scripts/run.py +sweep=demo
-	$(PY) scripts/tables.py print=true
+	$(PY) scripts/tables.py print=true tables=[table3]
 
 table3: model
 	$(PY) scripts/run.py +sweep=table3 $(ARGS)
 	$(PY) scripts/run.py +sweep=table3_owl $(ARGS)
-	$(PY) scripts/tables.py print=true
+	$(PY) scripts/tables.py print=true tables=[table3]
+
+table5: model
+	$(PY) scripts/run.py +sweep=table5 $(ARGS)
+	$(PY) scripts/run.py +sweep=table5_w8a8 $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table5]
 
 test: model
 	$(PY) -m pytest -q

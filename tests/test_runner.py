@@ -65,3 +65,16 @@ def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
     assert again["dense_id"] == rec["dense_id"]
     assert store.path(rec["dense_id"]).stat().st_mtime_ns == dense_mtime  # evaluated once
     assert run(cfg)["created"] == rec["created"]  # existing record: skipped, not redone
+
+
+def test_owl_allocates_layerwise_sparsity_with_the_target_mean(make_config):
+    rec = run(make_config(method="owl_wanda", **{"method.sparsity": 0.7, "eval.max_windows": 2,
+                                                "calib.nsamples": 8}))
+    comp = rec["compression"]
+    targets = comp["sparsity_per_block_target"]
+    assert sum(targets) / len(targets) == pytest.approx(0.7)
+    assert max(targets) - min(targets) == pytest.approx(0.16)
+    # the block with the largest outlier ratio is pruned least
+    assert targets.index(min(targets)) == comp["outlier_ratio_per_block"].index(max(comp["outlier_ratio_per_block"]))
+    for got, want in zip(comp["per_block_sparsity"], targets):
+        assert got == pytest.approx(want, abs=0.005)  # Wanda: int(cols * s) per row
