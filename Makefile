@@ -44,6 +44,7 @@ demo: model
 table3: model
 	$(PY) scripts/run.py +sweep=table3 $(ARGS)
 	$(PY) scripts/run.py +sweep=table3_owl $(ARGS)
+	$(PY) scripts/run.py +sweep=table3_structured $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table3]
 
 table5: model

@@ -59,8 +59,11 @@ def load(path: str, dtype: str = "float32", device: str | torch.device = "cpu", 
     model's max_position_embeddings capped at 2048."""
     source, family, config = model_family(path, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+        if (Path(source) / SHAPES_FILE).is_file():
+            model = load_compressed(source, resolve_dtype(dtype), trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise FileNotFoundError(f"model '{path}': no safetensors weights could be loaded ({err}). "
                                 f"compbench never unpickles .bin checkpoints: convert them to safetensors.") from None
@@ -74,3 +77,52 @@ def load(path: str, dtype: str = "float32", device: str | torch.device = "cpu", 
         raise ValueError(f"seqlen {seqlen} exceeds the model's max_position_embeddings "
                          f"{config.max_position_embeddings}")
     return LoadedModel(model, tokenizer, family, seqlen, source)
+
+
+SHAPES_FILE = "compbench_shapes.json"
+
+
+def save_compressed(model: torch.nn.Module, tokenizer, folder: str | Path) -> Path:
+    """Save a (possibly physically pruned) model as safetensors plus the shape of every linear and
+    the per-layer head counts, so `load` rebuilds the same architecture without unpickling."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    shapes = {name: [m.out_features, m.in_features, m.bias is not None]
+              for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    heads = {name: m.num_heads for name, m in model.named_modules() if isinstance(getattr(m, "num_heads", None), int)}
+    (folder / SHAPES_FILE).write_text(json.dumps({"linears": shapes, "num_heads": heads}, indent=1))
+    return folder
+
+
+def load_compressed(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / SHAPES_FILE).read_text())
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    for name, (out_f, in_f, bias) in meta["linears"].items():
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        old = getattr(owner, leaf)
+        if (old.out_features, old.in_features) != (out_f, in_f):
+            setattr(owner, leaf, torch.nn.Linear(in_f, out_f, bias=bias, dtype=dtype))
+    for name, n in meta["num_heads"].items():
+        model.get_submodule(name).num_heads = n
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise OSError(f"{folder}: weights do not match the saved shapes (missing {sorted(missing)[:3]}, "
+                      f"unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        model.tie_weights()
+    return model

@@ -75,9 +75,14 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         device = resolve_device(cfg["device"])
         _, family, hf_config = models.model_family(cfg["model"]["path"], cfg["model"].get("trust_remote_code", False))
         seqlen = cfg["model"].get("seqlen") or models.default_seqlen(hf_config)
-        method.check_model(_meta_linears(hf_config, family))
+        method.check_model(_meta_linears(hf_config, family), family)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
+    zs = (cfg["eval"].get("zeroshot") or {}).get("tasks") or []
+    if zs and data_mod.DataSource.from_config(cfg["paths"]["data_root"], cfg.get("offline")).offline \
+            and not (cfg["eval"].get("zeroshot") or {}).get("include_path"):
+        raise ConfigError(f"zero-shot tasks {zs} need lm-eval to download their datasets, and the Hub is off "
+                          f"(offline mode). Run online, or give local task YAMLs via eval.zeroshot.include_path.")
 
     model_id = {**cfg["model"], "seqlen": seqlen}
     dense_identity = {"model": model_id, "method": {"name": "dense"}, "eval": cfg["eval"], "device": str(device)}
@@ -109,11 +114,17 @@ def evaluate(plan_: RunPlan, lm: models.LoadedModel, label: str) -> dict[str, An
         out[ds] = perplexity(lm.model, ids, plan_.seqlen, ecfg["batch_size"], ecfg.get("max_windows"),
                              plan_.device, progress=plan_.cfg.get("progress", True), desc=f"{label}:{ds}")
         log.info("%s %s ppl %.4f (%d windows)", label, ds, out[ds]["ppl"], out[ds]["windows"])
+    zs = ecfg.get("zeroshot") or {}
+    if zs.get("tasks"):
+        from eval.zeroshot import zeroshot
+        out["lm_eval"] = zeroshot(lm.model, lm.tokenizer, zs["tasks"], zs.get("batch_size", 8), zs.get("limit"),
+                                  zs.get("include_path"), str(plan_.device), plan_.cfg["seed"])
+        log.info("%s lm-eval %s", label, out["lm_eval"])
     return out
 
 
 def _record(plan_: RunPlan, identity: dict, rid: str, metrics: dict, extra: dict) -> dict[str, Any]:
-    flags = sorted({f"{ds}:{f}" for ds, m in metrics.items() for f in m["flags"]})
+    flags = sorted({f"{ds}:{f}" for ds, m in metrics.items() for f in m.get("flags", [])})
     return {
         "id": rid, "identity": identity, "config": plan_.cfg, "metrics": metrics, "flags": flags,
         "seed": plan_.cfg["seed"], "seqlen": plan_.seqlen,
@@ -127,6 +138,12 @@ def compression_rates(info: dict[str, Any]) -> dict[str, float]:
     """The survey's rates: for quantization 1 - stored bits / (16 x weights), counting scales,
     zeros, outliers and codebooks (linears alone, and the whole model with everything else at
     16 bits); for pruning the fraction of zeroed weights."""
+    if "params_before" in info:  # structured: parameters physically removed
+        removed = info["params_before"] - info["params_after"]
+        emb = info.get("embedding_params", 0)
+        return {"comp_rate": removed / info["params_before"],
+                "comp_rate_no_embeddings": removed / (info["params_before"] - emb) if emb else None,
+                "model_comp_rate": removed / info["params_before"]}
     if "stored_bits" in info and info.get("quantized_weights"):
         stored, quantized, params = info["stored_bits"], info["quantized_weights"], info["model_params"]
         return {"comp_rate": 1 - stored / (16 * quantized),
@@ -181,8 +198,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
                 calib_cfg["source"], p.data, lm.tokenizer, calib_cfg["nsamples"], p.seqlen, p.cfg["seed"],
                 path=calib_cfg.get("path"), join=calib_cfg.get("join", "\n\n"))
     with provenance.PeakMemory(p.device) as mem_c, provenance.Timer() as t_comp:
-        phases = engine.compress(lm.model, lm.family, p.method, windows, p.device,
-                                 p.cfg["engine"]["batch_size"], p.cfg.get("progress", True))
+        lm.model, phases = engine.compress(lm.model, lm.family, p.method, windows, p.device,
+                                           p.cfg["engine"]["batch_size"], p.cfg.get("progress", True))
     with provenance.PeakMemory(p.device) as mem_e, provenance.Timer() as t_eval:
         metrics = evaluate(p, lm, p.method.name)
     compression = {**engine.linear_sparsity(lm.model, lm.family), **p.method.summary()}
@@ -192,6 +209,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "timing": {"load_s": t_load, "calib_data_s": t_calib.seconds, "compress_s": t_comp.seconds,
                    **phases, "eval_s": t_eval.seconds},
         "memory": {"compress": mem_c.report(), "eval": mem_e.report()}})
+    if p.cfg.get("save_dir"):
+        record["saved_model"] = str(models.save_compressed(lm.model, lm.tokenizer, p.cfg["save_dir"]))
     store.write(record)
     log.info("record %s written", p.rid)
     return record

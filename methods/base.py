@@ -25,6 +25,9 @@ class Method:
     plans: ClassVar[bool] = False  # True if `plan` needs a calibration pass before compression
     # False: the next block's calibration inputs come from the block before compression (AWQ)
     propagate_compressed: ClassVar[bool] = True
+    # True: the method works on the whole model at once (gradients, block removal) through
+    # `compress_model(model, family, windows, device, batch_size) -> model`, not block by block
+    whole_model: ClassVar[bool] = False
 
     def __init__(self, **knobs: Any):
         self.knobs = knobs
@@ -33,7 +36,7 @@ class Method:
     def needs_calibration(self) -> bool:
         return bool(self.stats) or self.plans
 
-    def check_model(self, linears: Mapping[str, nn.Module]) -> None:
+    def check_model(self, linears: Mapping[str, nn.Module], family=None) -> None:
         """Raise ValueError if the model's linears cannot take this method (before any work)."""
 
     def plan(self, session) -> None:

@@ -26,9 +26,9 @@ class Compose(Method):
     def stats(self):  # type: ignore[override]
         return frozenset().union(*(s.stats for s in self.steps))
 
-    def check_model(self, linears) -> None:
+    def check_model(self, linears, family=None) -> None:
         for s in self.steps:
-            s.check_model(linears)
+            s.check_model(linears, family)
 
     def plan(self, session) -> None:
         for s in self.steps:

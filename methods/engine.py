@@ -155,13 +155,17 @@ class Session:
 
 
 def compress(model: nn.Module, family: Family, method: Method, windows: torch.Tensor | None,
-             device: torch.device, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
-    """Compress `model` in place with `method`; returns timing of the phases in seconds."""
-    session = Session(model, family, device, progress=progress)
+             device: torch.device, batch_size: int = 8, progress: bool = True) -> tuple[nn.Module, dict[str, float]]:
+    """Compress `model` with `method` (in place, except that a whole-model method may return a
+    new module); returns the model and the timing of the phases in seconds."""
+    if method.needs_calibration and windows is None:
+        raise ValueError(f"method '{method.name}' needs calibration data")
     t0 = time.perf_counter()
+    if method.whole_model:
+        model = method.compress_model(model, family, windows, device, batch_size)
+        return model, {"compress_s": time.perf_counter() - t0}
+    session = Session(model, family, device, progress=progress)
     if method.needs_calibration:
-        if windows is None:
-            raise ValueError(f"method '{method.name}' needs calibration data")
         session.capture(windows, batch_size)
     t1 = time.perf_counter()
     method.plan(session)
@@ -171,7 +175,7 @@ def compress(model: nn.Module, family: Family, method: Method, windows: torch.Te
 
     with torch.no_grad():
         session.walk(visit, desc=f"compress[{method.name}]", propagate_changed=method.propagate_compressed)
-    return {"capture_s": t1 - t0, "compress_s": time.perf_counter() - t1}
+    return model, {"capture_s": t1 - t0, "compress_s": time.perf_counter() - t1}
 
 
 def linear_sparsity(model: nn.Module, family: Family) -> dict[str, Any]:

@@ -21,7 +21,7 @@ class PruningMethod(Method):
     def target_for(self, block: int) -> Sparsity:
         return self.block_targets.get(block, self.target)
 
-    def check_model(self, linears: Mapping[str, nn.Module]) -> None:
+    def check_model(self, linears: Mapping[str, nn.Module], family=None) -> None:
         if self.target.is_nm:
             bad = [n for n, layer in linears.items() if in_features(layer) % self.target.m]
             if bad:

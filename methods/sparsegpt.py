@@ -84,8 +84,8 @@ class SparseGPT(PruningMethod):
             raise ValueError("sparsegpt needs blocksize > 0 and percdamp >= 0")
         self.blocksize, self.percdamp = blocksize, percdamp
 
-    def check_model(self, linears) -> None:
-        super().check_model(linears)
+    def check_model(self, linears, family=None) -> None:
+        super().check_model(linears, family)
         if self.target.is_nm and self.blocksize % self.target.m:
             raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.target.m}")
 

@@ -28,6 +28,8 @@ PRUNING_DECODER = {
     "sparsegpt": MethodRow("SparseGPT", "40"),
     "owl_wanda": MethodRow("Wanda+OWL", "129"),
     "owl_sparsegpt": MethodRow("SparseGPT+OWL", "129"),
+    "llm_pruner": MethodRow("LLM-Pruner", "105"),
+    "block_drop": MethodRow("Block drop (BI)", ""),
 }
 
 
@@ -61,13 +63,18 @@ def _ppl(record: dict | None, ds: str) -> float | None:
 
 
 def _granularity(record: dict) -> str:
-    pattern = record["compression"].get("pattern", "unstructured")
+    comp = record["compression"]
+    if comp.get("structured"):
+        return "L" if "dropped_blocks" in comp else "N,H"
+    pattern = comp.get("pattern", "unstructured")
     return "W" if pattern == "unstructured" else pattern
 
 
 def _method_meta(method_cfg: dict, methods: dict[str, MethodRow]) -> MethodRow | None:
     """The row label of a method, or of a `compose` whose last step belongs to this table."""
     name = method_cfg["name"]
+    if name == "llm_pruner" and method_cfg.get("importance") == "magnitude" and name in methods:
+        return MethodRow("Magnitude (N,H)", "")
     if name != "compose":
         return methods.get(name)
     steps = [s["name"] for s in method_cfg["steps"]]

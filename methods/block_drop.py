@@ -1,0 +1,74 @@
+"""Whole-block removal by input/output similarity (the simplest layer-dropping rule, as in
+ShortGPT's Block Influence): BI_l = 1 − mean_tokens cos(x_l, y_l) on calibration data, computed
+on the dense model block by block; the `n_blocks` blocks with the lowest BI are deleted."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import Method, register
+from methods.structure import embedding_params
+
+
+def block_influence(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
+    return float(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean())
+
+
+def delete_blocks(model: nn.Module, family, drop: list[int]) -> None:
+    blocks = family.blocks(model)
+    for i in sorted(drop, reverse=True):
+        del blocks[i]
+    model.config.num_hidden_layers = len(blocks)
+    for i, block in enumerate(blocks):  # keep cache indices consecutive
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = i
+
+
+@register("block_drop")
+class BlockDrop(Method):
+    whole_model = True
+
+    def __init__(self, n_blocks: int = 1):
+        super().__init__(n_blocks=n_blocks)
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
+        self.n_blocks = n_blocks
+        self.influence: list[float] = []
+        self.dropped: list[int] = []
+        self.facts: dict[str, Any] = {}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+    def check_model(self, linears, family=None) -> None:
+        n = len({name.split(".")[0] for name in linears})
+        if self.n_blocks >= n:
+            raise ValueError(f"cannot drop {self.n_blocks} of {n} blocks")
+
+    def compress_model(self, model: nn.Module, family, windows: torch.Tensor, device: torch.device,
+                       batch_size: int = 8) -> nn.Module:
+        from methods.engine import Session
+
+        session = Session(model, family, device, progress=False)
+        session.capture(windows, batch_size)
+
+        def visit(i, block, inputs):
+            outs = session.forward_block(block, inputs)
+            n = sum(x.shape[0] for x, _ in inputs)
+            self.influence.append(sum(block_influence(x, y) * x.shape[0] for (x, _), (y, _) in zip(inputs, outs)) / n)
+
+        session.walk(visit, desc="block influence")
+        self.dropped = sorted(torch.argsort(torch.tensor(self.influence))[: self.n_blocks].tolist())
+        before = sum(p.numel() for p in model.parameters())
+        delete_blocks(model, family, self.dropped)
+        self.facts = {"params_before": before, "params_after": sum(p.numel() for p in model.parameters()),
+                      "embedding_params": embedding_params(model)}
+        return model
+
+    def summary(self) -> dict[str, Any]:
+        return {"structured": True, "block_influence": self.influence, "dropped_blocks": self.dropped, **self.facts}
