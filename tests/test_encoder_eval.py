@@ -1,0 +1,75 @@
+"""Encoder-task evaluation: the official SQuAD v1.1 metric, GLUE metrics and loaders."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from eval import glue, squad
+from eval.data import DataSource
+
+
+def _ex(i, answers):
+    return squad.QAExample(str(i), "t", "ctx", "q?", tuple(answers), tuple(0 for _ in answers))
+
+
+def test_squad_metric_matches_the_official_definition():
+    examples = [_ex(1, ["Denver Broncos", "The Denver Broncos"]), _ex(2, ["Santa Clara, California"]),
+                _ex(3, ["an apple", "a pear"]), _ex(4, ["1998"])]
+    preds = {"1": "the Denver Broncos!", "2": "Santa Clara", "3": "Pear."}  # "4" has no prediction
+    # EM: 1, 0, 1, 0. F1: 1, P=1 R=2/3 -> 0.8, 1, 0.
+    assert squad.evaluate(examples, preds) == pytest.approx({"exact_match": 50.0, "f1": 70.0})
+    assert squad.normalize_answer("  The  Eiffel-Tower, a landmark. ") == "eiffeltower landmark"
+    assert squad.f1_score("x b b", "b b c") == pytest.approx(2 / 3)  # multiset overlap
+    assert squad.f1_score("a b b", "b b c") == pytest.approx(0.8)    # "a" is an article: P=1, R=2/3
+
+
+def test_real_dev_set_gold_answers_score_100_and_split_by_article(data_root):
+    examples = squad.load_squad(DataSource.from_config(data_root, offline=True))
+    assert len(examples) == 10570 and len({e.title for e in examples}) == 48
+    assert squad.evaluate(examples, {e.id: e.answers[0] for e in examples}) == {"exact_match": 100.0, "f1": 100.0}
+    train, test = squad.squad_dev_split(examples)
+    assert len(train) + len(test) == 10570
+    assert not {e.title for e in train} & {e.title for e in test}
+    assert len({e.title for e in train}) == len({e.title for e in test}) == 24
+
+
+def test_glue_metrics_equal_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score
+    rng = random.Random(0)
+    labels = [rng.randint(0, 1) for _ in range(500)]
+    preds = [y if rng.random() < 0.8 else 1 - y for y in labels]
+    assert glue.accuracy(preds, labels) == pytest.approx(accuracy_score(labels, preds))
+    assert glue.f1_positive(preds, labels) == pytest.approx(f1_score(labels, preds, pos_label=1))
+    labels3 = [rng.randint(0, 2) for _ in range(300)]
+    preds3 = [rng.randint(0, 2) for _ in range(300)]
+    assert glue.accuracy(preds3, labels3) == pytest.approx(accuracy_score(labels3, preds3))
+
+
+def test_glue_tsv_loaders_read_the_real_formats(tmp_path):
+    """Small files in the GLUE distribution's formats (no figures come from them)."""
+    mnli = tmp_path / "glue/MNLI/dev_matched.tsv"
+    mnli.parent.mkdir(parents=True)
+    cols = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "label2", "label3",
+            "label4", "label5", "gold_label"]
+    rows = [["0", "63735", "63735n", "slate", "( x )", "( y )", "(ROOT x)", "(ROOT y)", "The new rights are nice",
+             "Everyone really likes the newest benefits", "neutral", "entailment", "neutral", "neutral", "neutral",
+             "neutral"],
+            ["1", "91383", "91383c", "government", "( x )", "( y )", "(ROOT x)", "(ROOT y)", 'This site "includes" a list',
+             "The Government Executive articles are not here", "contradiction", "contradiction", "contradiction",
+             "contradiction", "contradiction", "contradiction"],
+            ["2", "1", "1e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", "a", "b", "entailment", "", "", "",
+             "", "-"]]
+    mnli.write_text("\t".join(cols) + "\n" + "\n".join("\t".join(r) for r in rows) + "\n")
+    qqp = tmp_path / "glue/QQP/dev.tsv"
+    qqp.parent.mkdir(parents=True)
+    qqp.write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+                   "201359\t303345\t303346\tWhy are African-Americans so beautiful?\tWhy are hispanics so beautiful?\t0\n"
+                   "263843\t69383\t380476\tI want to pursue PhD in Computer Science?\tHow can I pursue a PhD?\t1\n")
+    src = DataSource.from_config(tmp_path, offline=True)
+    m = glue.load_glue(src, "mnli", "validation_matched")
+    assert [e.label for e in m] == [1, 2]  # no-consensus "-" rows are dropped, as in GLUE
+    assert m[1].text_a == 'This site "includes" a list'
+    q = glue.load_glue(src, "qqp", "validation")
+    assert [e.label for e in q] == [0, 1] and q[1].text_b == "How can I pursue a PhD?"
