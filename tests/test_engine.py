@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from eval.data import DataSource, calibration_windows
+from conftest import real_layer_inputs
 from methods.engine import Session
 from methods.stats import HESSIAN, ACT_SQ
 
@@ -54,12 +55,6 @@ def test_shared_inputs_share_statistics_and_match_separate_sums(tiny, data_root)
     assert found["self_attn.q_proj"] is found["self_attn.k_proj"] is found["self_attn.v_proj"]
     assert found["mlp.gate_proj"] is found["mlp.up_proj"]
     assert found["self_attn.o_proj"] is not found["self_attn.q_proj"]
-    seen = {}
-    hooks = [linears[n].register_forward_hook(lambda _m, i, _o, n=n: seen.setdefault(n, []).append(i[0]))
-             for n in ("self_attn.k_proj", "mlp.down_proj")]
-    session.forward_block(block, session.inputs)
-    for h in hooks:
-        h.remove()
-    for name, xs in seen.items():
-        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
+    for name, (_, x) in real_layer_inputs(tiny, 0, ["self_attn.k_proj", "mlp.down_proj"], nsamples=4,
+                                          seqlen=64).items():
         torch.testing.assert_close(found[name].hessian, 2 / 4 * x.t() @ x, rtol=1e-4, atol=1e-3)

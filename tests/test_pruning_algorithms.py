@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import correlated_inputs
+from conftest import correlated_inputs, real_layer_inputs
 from methods.base import build
 from methods.masks import Sparsity, nm_mask
 from methods.owl import layer_sparsities, outlier_ratio
@@ -109,24 +109,7 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(sparsity):
 
 def test_sparsegpt_on_real_layer_beats_wanda_and_magnitude(tiny, data_root):
     """Block-0 linears of the trained model on real calibration inputs."""
-    from eval.data import DataSource, calibration_windows
-    from methods.engine import Session
-
-    src = DataSource.from_config(data_root, offline=True)
-    wins = calibration_windows("file", src, tiny.tokenizer, 16, 128, 0, path="wikitext-2-tokens/valid.txt")
-    session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-    session.capture(wins, 8)
-    block = tiny.family.blocks(tiny.model)[0]
-    linears = tiny.family.linears(block)
-    inputs = {}
-    hooks = [linears[n].register_forward_hook(lambda _m, i, _o, n=n: inputs.setdefault(n, []).append(i[0]))
-             for n in ("self_attn.q_proj", "mlp.down_proj")]
-    session.forward_block(block, session.inputs)
-    for h in hooks:
-        h.remove()
-    for name, xs in inputs.items():
-        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
-        w0 = linears[name].weight.data.clone()
+    for name, (w0, x) in real_layer_inputs(tiny, 0, ["self_attn.q_proj", "mlp.down_proj"]).items():
         err = {}
         for method in ("magnitude", "wanda", "sparsegpt"):
             layer = nn.Linear(w0.shape[1], w0.shape[0], bias=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import correlated_inputs
+from conftest import correlated_inputs, real_layer_inputs
 from methods.arch import fold_scale, scale_pairs, weight_matrix
 from methods.awq import rtn, search_scale
 from methods.base import build
@@ -99,30 +99,9 @@ def test_gptq_beats_rtn_on_random_layer(bits, group_size):
     assert _err(W, gptq_quantize(W, H, spec).weight, x) < 0.6 * _err(W, rtn(W, spec), x)
 
 
-def _real_layer_inputs(tiny, data_root, names):
-    from eval.data import DataSource, calibration_windows
-    from methods.engine import Session
-
-    src = DataSource.from_config(data_root, offline=True)
-    wins = calibration_windows("file", src, tiny.tokenizer, 16, 128, 0, path="wikitext-2-tokens/valid.txt")
-    session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-    session.capture(wins, 8)
-    block = tiny.family.blocks(tiny.model)[1]
-    inputs = session.forward_block(tiny.family.blocks(tiny.model)[0], session.inputs)
-    linears = tiny.family.linears(block)
-    seen: dict[str, list] = {}
-    hooks = [linears[n].register_forward_hook(lambda _m, i, _o, n=n: seen.setdefault(n, []).append(i[0]))
-             for n in names]
-    session.forward_block(block, inputs)
-    for h in hooks:
-        h.remove()
-    return {n: (linears[n].weight.data.clone(), torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[n]]))
-            for n in names}
-
-
 @pytest.mark.parametrize("bits", [3, 4])
 def test_gptq_beats_rtn_on_real_layers(tiny, data_root, bits):
-    for name, (W, x) in _real_layer_inputs(tiny, data_root, ["self_attn.v_proj", "mlp.down_proj"]).items():
+    for name, (W, x) in real_layer_inputs(tiny, 1, ["self_attn.v_proj", "mlp.down_proj"]).items():
         spec = QuantSpec.from_knobs(bits, False, -1)
         st = LinearStats(x.shape[1], frozenset({HESSIAN}), x.device)
         st.add_batch(x.view(16, -1, x.shape[1]))
