@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
+from methods.arch import weight_matrix
 from methods.stats import LinearStats
 
 
@@ -56,6 +57,11 @@ class Method:
     def compress(self, block: int, name: str, layer: nn.Module, stats: LinearStats | None) -> None:
         raise NotImplementedError
 
+    def compress_model(self, model: nn.Module, family, windows: torch.Tensor | None, device: torch.device,
+                       batch_size: int = 8) -> nn.Module:
+        """Whole-model methods only (`whole_model = True`)."""
+        raise NotImplementedError
+
     def summary(self) -> dict[str, Any]:
         """Method-specific facts for the run record."""
         return {}
@@ -97,5 +103,4 @@ def build(name: str, **knobs: Any) -> Method:
 @torch.no_grad()
 def apply_mask(layer: nn.Module, mask: torch.Tensor) -> None:
     """Zero the masked entries of the layer's (out, in) weight."""
-    from methods.arch import weight_matrix
     weight_matrix(layer)[mask] = 0
