@@ -24,7 +24,16 @@ class LoadedModel:
 
 
 def resolve_source(path: str) -> str:
-    """A local folder (absolute, or relative to the repo root / cwd) if one exists, else a hub id."""
+    """A local folder (absolute, or relative to the repo root / cwd) if one exists, a folder inside
+    an installed package (`pkg:<module>/<subdir>`), else a hub id."""
+    if path.startswith("pkg:"):
+        import importlib
+        module, _, sub = path[4:].partition("/")
+        try:
+            return str(Path(importlib.import_module(module).__file__).parent / sub)
+        except ImportError:
+            raise FileNotFoundError(f"model '{path}': package '{module}' is not installed "
+                                    f"(pip install {module.replace('_', '-')})") from None
     for cand in (Path(path).expanduser(), REPO_ROOT / path):
         if cand.is_dir():
             return str(cand.resolve())

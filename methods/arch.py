@@ -24,7 +24,13 @@ class Family:
     scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return operator.attrgetter(self.blocks_attr)(model)
+        """The block list; `blocks_attr` may name several paths (e.g. a bare encoder vs a task head)."""
+        for path in self.blocks_attr.split("|"):
+            try:
+                return operator.attrgetter(path)(model)
+            except AttributeError:
+                continue
+        raise UnsupportedModel(f"no blocks at {self.blocks_attr} in {type(model).__name__}")
 
     def linears(self, block: nn.Module) -> dict[str, nn.Module]:
         """The block's compressible linears, in true-sequential order."""
@@ -48,6 +54,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt2", ("gpt2",), "transformer.h",
            (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
            (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",)))),
+    Family("bert", ("bert", "roberta"), "bert.encoder.layer|roberta.encoder.layer|encoder.layer",
+           (("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
+            ("intermediate.dense",), ("output.dense",))),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
            (("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
             ("mlp.dense_4h_to_h",)),

@@ -68,17 +68,24 @@ class Session:
         return self.family.blocks(self.model)
 
     @torch.inference_mode()
-    def capture(self, windows: torch.Tensor, batch_size: int) -> None:
-        """Store block 0's inputs (hidden states + keyword arguments) for the calibration windows."""
+    def capture(self, windows: torch.Tensor | list[dict[str, torch.Tensor]], batch_size: int) -> None:
+        """Store block 0's inputs (hidden states + other arguments) for the calibration data: token
+        windows (n, seqlen), or ready batches of model inputs (encoders: ids, masks, token types)."""
         blocks = self.blocks
         home = next(self.model.parameters()).device
         _move_outside_blocks(self.model, blocks, self.device)
         first = blocks[0]
         blocks[0] = _Catcher(first, self.inputs)
         try:
-            for i in range(0, windows.shape[0], batch_size):
+            if torch.is_tensor(windows):
+                batches = [{"input_ids": windows[i:i + batch_size], "use_cache": False}
+                           for i in range(0, windows.shape[0], batch_size)]
+            else:
+                keep = ("input_ids", "attention_mask", "token_type_ids")
+                batches = [{k: v for k, v in b.items() if k in keep} for b in windows]
+            for batch in batches:
                 try:
-                    self.model(input_ids=windows[i:i + batch_size].to(self.device), use_cache=False)
+                    self.model(**{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
                 except _StopForward:
                     pass
         finally:

@@ -32,6 +32,8 @@ STRUCTS = {
                         ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
     "opt": StructSpec("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                       ("fc1",), "fc2", ("num_heads",)),
+    "bert": StructSpec("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
+                       "attention.output.dense", ("intermediate.dense",), "output.dense", ("num_attention_heads",)),
 }
 
 
@@ -100,6 +102,8 @@ def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[
         attn = block.get_submodule(spec.attn)
         for attr in spec.head_attrs:
             setattr(attn, attr, len(keep) * u.q_per_unit)
+        if hasattr(attn, "all_head_size"):
+            attn.all_head_size = len(keep) * u.q_per_unit * u.head_dim
     if drop_channels:
         keep = torch.tensor([c for c in range(u.n_channels) if c not in set(drop_channels)], device=dev,
                             dtype=torch.long)

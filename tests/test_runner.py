@@ -27,10 +27,10 @@ def test_bad_input_gets_one_clear_error(make_config, over, message):
 
 
 def test_unknown_model_family_is_refused(make_config, tmp_path):
-    folder = tmp_path / "bert"
+    folder = tmp_path / "t5"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(ConfigError, match=r"model_type 'bert' is not a family the engine knows \(.*llama"):
+    (folder / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
+    with pytest.raises(ConfigError, match=r"model_type 't5' is not a family the engine knows \(.*llama"):
         plan(make_config(**{"model.path": str(folder)}))
 
 
