@@ -74,6 +74,9 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         models.resolve_dtype(cfg["model"]["dtype"])
         device = resolve_device(cfg["device"])
         _, family, hf_config = models.model_family(cfg["model"]["path"], cfg["model"].get("trust_remote_code", False))
+        if family.name == "bert":
+            raise ValueError(f"model '{cfg['model']['path']}' is an encoder: perplexity runs need a causal LM "
+                             f"(encoders are scored on MNLI / QQP / SQuAD)")
         seqlen = cfg["model"].get("seqlen") or models.default_seqlen(hf_config)
         method.check_model(_meta_linears(hf_config, family), family)
     except (ValueError, FileNotFoundError) as err:

