@@ -120,3 +120,83 @@ def test_q8bert_weights_sit_on_the_int8_grid():
     codes = layer.weight.data / scale
     torch.testing.assert_close(codes, torch.round(codes), atol=1e-4, rtol=0)
     assert float(codes.abs().max()) == pytest.approx(127, abs=1e-3)
+
+
+@pytest.fixture
+def qa_batches(minilm, data_root):
+    from eval.data import DataSource
+    from eval.encoder import TaskConfig, train_examples, training_batches
+    task = TaskConfig("squad_dev_split", max_length=128, doc_stride=64)
+    examples = train_examples(task, DataSource.from_config(data_root, offline=True))[:40]
+    return training_batches(task, examples, minilm[1], batch_size=8, seed=0, limit=32)
+
+
+def test_mask_search_is_the_best_split_within_the_budget():
+    from methods.kwon import search_masks
+    head_imp = torch.tensor([[5.0, 1.0], [0.5, 4.0]])
+    neuron_imp = torch.tensor([[3.0, 0.2, 0.1], [2.0, 0.3, 2.5]])
+    hm, nm = search_masks(head_imp, neuron_imp, head_flops=3.0, neuron_flops=1.0, budget=8.0)
+    # brute force over every mask within the budget
+    import itertools
+    best = max((sum(h * i for h, i in zip(hs, head_imp.flatten().tolist()))
+                + sum(n * i for n, i in zip(ns, neuron_imp.flatten().tolist())), hs, ns)
+               for hs in itertools.product([0, 1], repeat=4) for ns in itertools.product([0, 1], repeat=6)
+               if 3 * sum(hs) + sum(ns) <= 8)
+    assert float((hm * head_imp).sum() + (nm * neuron_imp).sum()) == pytest.approx(best[0])
+    assert 3 * hm.sum() + nm.sum() <= 8
+
+
+def test_rearrangement_keeps_counts_and_never_raises_the_fisher_loss():
+    from methods.kwon import rearrange
+    g = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    g[:, 0] *= 5  # a unit whose removal is costly
+    mask = torch.tensor([0.0, 1, 1, 0, 1, 1, 0, 1, 1, 1])
+    F = g.t() @ g / 64
+    loss = lambda m: float((1 - m) @ F @ (1 - m)) / 2  # noqa: E731
+    new = rearrange(mask, g)
+    assert new.sum() == mask.sum() and loss(new) <= loss(mask)
+    assert new[0] == 1  # the costly unit is restored
+
+
+def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_batches):
+    from methods.kwon import layer_contributions, least_squares_mask
+    model, _ = minilm
+    fam = family_of(model.config.model_type)
+    stats = layer_contributions(model, fam, qa_batches, torch.device("cpu"))
+    layer = 3
+    binary = torch.ones(12)
+    binary[[0, 4, 7, 9]] = 0
+    tuned = least_squares_mask(stats[layer]["head_gram"], stats[layer]["head_target"], binary)
+    assert torch.all(tuned[binary == 0] == 0) and not torch.equal(tuned, binary)
+
+    def error(head_mask_layer):
+        hm = torch.ones(6, 12)
+        hm[layer] = head_mask_layer
+        o = fam.blocks(model)[layer].attention.output.dense
+        outs = {}
+        h1 = o.register_forward_hook(lambda _m, i, out: outs.setdefault("y", []).append(out - o.bias))
+        with torch.no_grad():
+            for b in qa_batches:
+                inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+                model(**inputs)
+                with masks_applied(model, fam, hm, torch.ones(6, 1536)):
+                    model(**inputs)
+        h1.remove()
+        ys = outs["y"]
+        masks = [b["attention_mask"].bool() for b in qa_batches]
+        return sum(float(((ys[2 * i + 1] - ys[2 * i])[masks[i]]) .pow(2).sum()) for i in range(len(qa_batches)))
+
+    assert error(tuned) < error(binary)
+
+
+def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
+    from methods.engine import compress
+    model, tok = minilm
+    fam = family_of(model.config.model_type)
+    method = build("kwon", flops_rate=0.5, seq_len=128)
+    model, _ = compress(model, fam, method, qa_batches, torch.device("cpu"))
+    s = method.summary()
+    assert s["flops_comp_rate"] >= 0.5 - 1e-9 and s["flops_comp_rate"] < 0.55
+    assert s["params_after"] < s["params_before"]
+    with torch.no_grad():
+        assert torch.isfinite(model(**_inputs(tok)).start_logits).all()
