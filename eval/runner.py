@@ -137,10 +137,11 @@ def _record(plan_: RunPlan, identity: dict, rid: str, metrics: dict, extra: dict
     }
 
 
-def compression_rates(info: dict[str, Any]) -> dict[str, float]:
-    """The survey's rates: for quantization 1 - stored bits / (16 x weights), counting scales,
-    zeros, outliers and codebooks (linears alone, and the whole model with everything else at
-    16 bits); for pruning the fraction of zeroed weights."""
+def compression_rates(info: dict[str, Any], base_bits: int = 16) -> dict[str, float]:
+    """The survey's rates: for quantization 1 - stored bits / (base_bits x weights), counting
+    scales, zeros, outliers and codebooks (linears alone, and the whole model with everything
+    else at base_bits); the survey's decoder table counts against fp16, its encoder table against
+    fp32 (Q8BERT = 0.75). For pruning the fraction of zeroed or removed parameters."""
     if "params_before" in info:  # structured: parameters physically removed
         removed = info["params_before"] - info["params_after"]
         emb = info.get("embedding_params", 0)
@@ -149,8 +150,9 @@ def compression_rates(info: dict[str, Any]) -> dict[str, float]:
                 "model_comp_rate": removed / info["params_before"]}
     if "stored_bits" in info and info.get("quantized_weights"):
         stored, quantized, params = info["stored_bits"], info["quantized_weights"], info["model_params"]
-        return {"comp_rate": 1 - stored / (16 * quantized),
-                "model_comp_rate": 1 - (stored + 16 * (params - quantized)) / (16 * params)}
+        return {"comp_rate": 1 - stored / (base_bits * quantized),
+                "model_comp_rate": 1 - (stored + base_bits * (params - quantized)) / (base_bits * params),
+                "rate_base_bits": base_bits}
     return {"comp_rate": info["linear_sparsity"], "model_comp_rate": info["model_sparsity"]}
 
 

@@ -15,6 +15,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval.data import DataMissing  # noqa: E402
+from eval.encoder_runner import run_encoder  # noqa: E402
 from eval.runner import ConfigError, run  # noqa: E402
 
 log = logging.getLogger("compbench")
@@ -23,10 +24,16 @@ log = logging.getLogger("compbench")
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        record = run(OmegaConf.to_container(cfg, resolve=True))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        record = run(resolved) if cfg.task.name == "lm" else run_encoder(resolved)
     except (ConfigError, DataMissing) as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
+    if cfg.task.name != "lm":
+        m = record["metrics"][cfg.task.name]
+        print(f"[{record['id']}] {cfg.model.name} {cfg.method.name} on {cfg.task.name}: {m['headline']:.2f}"
+              + (f" (delta {record['delta']:+.2f})" if "delta" in record else ""))
+        return
     ppl = ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
                     for ds, m in record["metrics"].items())
     comp = record["compression"]

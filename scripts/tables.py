@@ -27,8 +27,8 @@ def main(cfg: DictConfig) -> None:
         n = int((df["source"] == "reproduced").sum())
         print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")
         if cfg.print:
-            cols = ["source", "method", "plm", "granularity", "comp_rate", "ppl_plm", "ppl_compressed",
-                    "delta_ppl", "record"]
+            cols = ["source", "method", "plm", "granularity", "uniform", "comp_rate", "ppl_plm", "ppl_compressed",
+                    "delta_ppl", "mnli", "qqp", "squad", "avg", "record"]
             with pd.option_context("display.width", 200, "display.max_rows", 200):
                 print(df[[c for c in cols if c in df.columns]].to_string(index=False))
 

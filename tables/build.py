@@ -3,6 +3,7 @@ survey) beside the reproduced rows, with Δ where model, method and rate match, 
 provenance of every reproduced number. Writes CSV and booktabs LaTeX."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,25 @@ QUANT_DECODER = {
 }
 
 
+PRUNING_ENCODER = {
+    "magnitude": MethodRow("Magnitude", ""),
+    "kwon": MethodRow("Kwon et al.", "81"),
+    "block_drop": MethodRow("Sajjad et al.", "120"),
+    "llm_pruner": MethodRow("Magnitude (N,H)", ""),
+}
+
+QUANT_ENCODER = {
+    "q8bert": MethodRow("Q8BERT", "169", uniform="UQ"),
+    "gobo": MethodRow("GOBO", "168", uniform="NUQ"),
+    "kmeans_quant": MethodRow("K-means Quant.", "175", uniform="NUQ"),
+    "powerquant": MethodRow("PowerQuant", "167", uniform="NUQ"),
+    "gptq": MethodRow("GPTQ", "42", uniform="UQ"),
+    "rtn": MethodRow("RTN", "", uniform="UQ"),
+}
+
+ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
+
+
 @dataclass(frozen=True)
 class TableSpec:
     key: str
@@ -54,6 +74,7 @@ class TableSpec:
     methods: dict[str, MethodRow]
     reproduce: Callable[[dict, dict[str, dict], dict[str, MethodRow]], dict | None]
     kind_column: str = "granularity"  # the 4th LaTeX column: granularity (pruning) or uniform (quant)
+    encoder: bool = False  # rows gather one record per task (Δ in %p per task column)
 
 
 def _ppl(record: dict | None, ds: str) -> float | None:
@@ -121,6 +142,45 @@ def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, Method
     }
 
 
+def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str, MethodRow]) -> list[dict]:
+    """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
+    of each task in its column, Avg over the tasks present."""
+    rows: dict[str, dict] = {}
+    for r in records:
+        task = r["identity"].get("task", {}).get("name")
+        if r.get("kind") != "compressed" or task not in ENCODER_COLUMNS:
+            continue
+        meta = _method_meta(r["identity"]["method"], methods)
+        if meta is None:
+            continue
+        key = json.dumps({k: v for k, v in r["identity"].items() if k != "task"}, sort_keys=True, default=str)
+        comp = r["compression"]
+        flops = comp.get("flops_comp_rate")
+        row = rows.setdefault(key, {
+            "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
+            "granularity": "N,H" if comp.get("structured") and "dropped_blocks" not in comp else
+            ("L" if "dropped_blocks" in comp else "W"), "uniform": meta.uniform, "cost": meta.cost,
+            "comp_rate": round(flops if flops is not None else comp["comp_rate"], 4),
+            "rate_basis": "flops" if flops is not None else "memory", "speedup": None,
+            "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": ""})
+        col = ENCODER_COLUMNS[task]
+        row[col] = round(r["delta"], 2)
+        row["record"].append(r["id"])
+        if task == "squad_dev_split":
+            row["note"].append("squad = squad_dev_split (offline variant: dev articles halved), F1")
+        n = r["metrics"][task][next(k for k in r["metrics"][task] if isinstance(r["metrics"][task][k], dict))]
+        if r["config"]["task"].get("max_eval_examples"):
+            row["note"].append(f"{task}: first {n.get('examples')} eval examples")
+    out = []
+    for row in rows.values():
+        deltas = [row[c] for c in ("mnli", "qqp", "squad") if row.get(c) is not None]
+        row["avg"] = round(sum(deltas) / len(deltas), 2) if deltas else None
+        row["record"] = ";".join(row["record"])
+        row["note"] = "; ".join(dict.fromkeys(row["note"]))
+        out.append(row)
+    return out
+
+
 TABLES = {
     "table3": TableSpec("table3", "table3_pruning_decoder.csv",
                         "Pruning of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
@@ -128,6 +188,12 @@ TABLES = {
     "table5": TableSpec("table5", "table5_quantization_decoder.csv",
                         "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
                         QUANT_DECODER, _decoder_row, kind_column="uniform"),
+    "table2": TableSpec("table2", "table2_pruning_encoder.csv",
+                        "Pruning of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
+                        PRUNING_ENCODER, _encoder_rows, encoder=True),
+    "table4": TableSpec("table4", "table4_quantization_encoder.csv",
+                        "Quantization of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
+                        QUANT_ENCODER, _encoder_rows, kind_column="uniform", encoder=True),
 }
 
 
@@ -154,6 +220,14 @@ def build(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
     records = list(records)
     by_id = {r["id"]: r for r in records}
     rep = reported(spec)
+    if spec.encoder:
+        rows = spec.reproduce(records, by_id, spec.methods)
+        extra = ["hardware", "record", "flags"]
+        repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
+        if repro.empty:
+            return rep
+        repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
+        return pd.concat([rep, repro.astype(object)], ignore_index=True)
     rows = [row for r in records if (row := spec.reproduce(r, by_id, spec.methods)) is not None]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
@@ -194,15 +268,25 @@ def _cell(key: str, value: Any, digits: int | None) -> str:
 
 
 def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
+    if spec.encoder:
+        cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),
+                ("Gran." if spec.kind_column == "granularity" else "Uniform", spec.kind_column, None),
+                ("Rate", "comp_rate", 3), ("MNLI", "mnli", 2), ("QQP", "qqp", 2), ("SQuAD", "squad", 2),
+                ("Avg", "avg", 2), ("Speedup", "speedup", 2), ("Record", "record", None)]
+        return _latex(spec, df, cols)
     cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),
             ("Gran." if spec.kind_column == "granularity" else "Uniform", spec.kind_column, None),
             ("Rate", "comp_rate", 3), ("PPL (PLM)", "ppl_plm", 2),
             ("PPL (comp.)", "ppl_compressed", 2), ("$\\Delta$", "delta_ppl", 2), ("Speedup", "speedup", 2),
             ("Record", "record", None)]
+    return _latex(spec, df, cols)
+
+
+def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | None]]) -> str:
     head = " & ".join(h if h.startswith("$") else latex_escape(h) for h, _, _ in cols) + r" \\"
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(spec.caption)}}}", rf"\label{{tab:{spec.key}}}",
-             r"\begin{tabular}{" + "l" * 4 + "r" * 5 + "l}", r"\toprule", head]
+             r"\begin{tabular}{" + "l" * 4 + "r" * (len(cols) - 5) + "l}", r"\toprule", head]
     for source in ("reported", "reproduced"):
         part = df[df["source"] == source]
         if part.empty:
@@ -210,13 +294,16 @@ def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
         lines += [r"\midrule", rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{source}}}}} \\"]
         for _, row in part.iterrows():
             cells = [_cell(key, row.get(key), digits) for _, key, digits in cols]
-            if source == "reproduced" and isinstance(row.get("flags"), str) and row["flags"]:
+            if source == "reproduced" and isinstance(row.get("flags"), str) and row["flags"] and not spec.encoder:
                 cells[6] += r"$^\dagger$"
             lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\footnotesize Reproduced rows: rate = zero fraction of the compressed linears; "
-              r"$\dagger$ = flagged (non-finite or $>10^4$ perplexity); Record = results/runs/<id>.json.",
-              r"\end{table}"]
+    note = (r"\par\footnotesize Reproduced rows: task columns are differences (\%p) to the fine-tuned model; "
+            r"rate as in the survey (FLOPs-based where marked in the CSV); Record = results/runs/<id>.json."
+            if spec.encoder else
+            r"\par\footnotesize Reproduced rows: rate = zero fraction of the compressed linears (pruning) or "
+            r"1 - stored bits / 16 bits (quantization); $\dagger$ = flagged (non-finite or $>10^4$ perplexity); "
+            r"Record = results/runs/<id>.json.")
+    lines += [r"\bottomrule", r"\end{tabular}", note, r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
