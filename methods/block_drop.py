@@ -1,6 +1,7 @@
-"""Whole-block removal by input/output similarity (the simplest layer-dropping rule, as in
-ShortGPT's Block Influence): BI_l = 1 − mean_tokens cos(x_l, y_l) on calibration data, computed
-on the dense model block by block; the `n_blocks` blocks with the lowest BI are deleted."""
+"""Whole-block removal. `rule=influence`: by input/output similarity (ShortGPT's Block
+Influence), BI_l = 1 − mean_tokens cos(x_l, y_l) on calibration data, computed on the dense model
+block by block, the `n_blocks` blocks with the lowest BI deleted. `rule=top`: the top
+`n_blocks` blocks deleted (Sajjad et al.'s top-layer dropping; no data needed)."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,18 +33,20 @@ def delete_blocks(model: nn.Module, family, drop: list[int]) -> None:
 class BlockDrop(Method):
     whole_model = True
 
-    def __init__(self, n_blocks: int = 1):
-        super().__init__(n_blocks=n_blocks)
+    def __init__(self, n_blocks: int = 1, rule: str = "influence"):
+        super().__init__(n_blocks=n_blocks, rule=rule)
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
-        self.n_blocks = n_blocks
+        if rule not in ("influence", "top"):
+            raise ValueError(f"block_drop rule must be 'influence' or 'top', got '{rule}'")
+        self.n_blocks, self.rule = n_blocks, rule
         self.influence: list[float] = []
         self.dropped: list[int] = []
         self.facts: dict[str, Any] = {}
 
     @property
     def needs_calibration(self) -> bool:
-        return True
+        return self.rule == "influence"
 
     def check_model(self, linears, family=None) -> None:
         n = len({name.split(".")[0] for name in linears})
@@ -54,6 +57,14 @@ class BlockDrop(Method):
                        batch_size: int = 8) -> nn.Module:
         from methods.engine import Session
 
+        before = sum(p.numel() for p in model.parameters())
+        if self.rule == "top":
+            n = len(family.blocks(model))
+            self.dropped = list(range(n - self.n_blocks, n))
+            delete_blocks(model, family, self.dropped)
+            self.facts = {"params_before": before, "params_after": sum(p.numel() for p in model.parameters()),
+                          "embedding_params": embedding_params(model)}
+            return model
         session = Session(model, family, device, progress=False)
         session.capture(windows, batch_size)
 
@@ -64,7 +75,6 @@ class BlockDrop(Method):
 
         session.walk(visit, desc="block influence")
         self.dropped = sorted(torch.argsort(torch.tensor(self.influence))[: self.n_blocks].tolist())
-        before = sum(p.numel() for p in model.parameters())
         delete_blocks(model, family, self.dropped)
         self.facts = {"params_before": before, "params_after": sum(p.numel() for p in model.parameters()),
                       "embedding_params": embedding_params(model)}

@@ -51,7 +51,6 @@ PRUNING_ENCODER = {
     "magnitude": MethodRow("Magnitude", ""),
     "kwon": MethodRow("Kwon et al.", "81"),
     "block_drop": MethodRow("Sajjad et al.", "120"),
-    "llm_pruner": MethodRow("Magnitude (N,H)", ""),
 }
 
 QUANT_ENCODER = {
@@ -96,6 +95,10 @@ def _method_meta(method_cfg: dict, methods: dict[str, MethodRow]) -> MethodRow |
     name = method_cfg["name"]
     if name == "llm_pruner" and method_cfg.get("importance") == "magnitude" and name in methods:
         return MethodRow("Magnitude (N,H)", "")
+    if name == "block_drop" and method_cfg.get("rule") == "top" and methods is PRUNING_DECODER:
+        return MethodRow("Top-layer drop", "120")
+    if name == "block_drop" and method_cfg.get("rule", "influence") == "influence" and methods is PRUNING_ENCODER:
+        return MethodRow("Block drop (BI)", "")
     if name != "compose":
         return methods.get(name)
     steps = [s["name"] for s in method_cfg["steps"]]
