@@ -2,7 +2,7 @@
 
 Algorithm (paper §3 / reference):
   sensitivity of input column j:  λ_j · ‖W_:,j − Q(W)_:,j‖²,  λ_j = H_jj   (RTN perturbation)
-  the k most sensitive ("weak") columns stay in fp16, k = round(extra_bits · cols / 16)
+  the k most sensitive ("weak") columns stay in fp16, k = max(1, round(extra_bits · cols / 16))
   per-channel ranges are fitted on the other columns, which OPTQ quantizes; the weak columns
   keep absorbing OPTQ's error updates.
 The rate counts the fp16 columns (16 bits per entry plus a 32-bit column index).
@@ -50,7 +50,8 @@ class OWQ(QuantMethod):
     def compress(self, block: int, name: str, layer: nn.Module, stats: LinearStats) -> None:
         W = weight_matrix(layer)
         rows, cols = W.shape
-        k = min(cols, round(self.extra_bits * cols / FP16_BITS))
+        # at least one weak column whenever extra bits are allowed (narrow layers would round to none)
+        k = min(cols, max(1, round(self.extra_bits * cols / FP16_BITS))) if self.extra_bits > 0 else 0
         H = stats.hessian
         keep = weak_columns(W, H, self.spec, k)
         fit = (lambda x: find_params(x[:, ~keep] if x.shape[1] == cols else x, self.spec))

@@ -37,8 +37,8 @@ def main(cfg: DictConfig) -> None:
     ppl = ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
                     for ds, m in record["metrics"].items())
     comp = record["compression"]
-    print(f"[{record['id']}] {cfg.model.name} {cfg.method.name}: compression rate "
-          f"{comp['comp_rate']:.4f} (linears; zero fraction {comp['linear_sparsity']:.4f}), ppl {ppl}")
+    print(f"[{record['id']}] {cfg.model.name} {cfg.method.name}: compression rate {comp['comp_rate']:.4f}, "
+          f"ppl {ppl}")
 
 
 if __name__ == "__main__":
