@@ -21,7 +21,10 @@ class QuantMethod(Method):
     def account(self, block: int, name: str, rows: int, cols: int, *, bits: float | None = None,
                 n_groups: float | None = None, stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
         """Record what this layer costs in storage (codes + statistics + anything kept aside)."""
-        n_groups = groups_per_row(self.spec, cols) if n_groups is None else n_groups
+        if n_groups is None:
+            n_groups = groups_per_row(self.spec, cols)
+            if self.spec.granularity == "tensor":
+                extra_bits += stat_bits  # one scale/zero pair for the whole matrix
         total = stored_bits(rows, cols, self.spec.bits if bits is None else bits, n_groups, stat_bits, extra_bits)
         self.ledger[f"{block}.{name}"] = (total, rows * cols)
 

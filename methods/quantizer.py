@@ -175,7 +175,7 @@ def stored_bits(rows: int, cols: int, bits: float, n_groups_per_row: int, stat_b
 
 def groups_per_row(spec: QuantSpec, cols: int) -> float:
     if spec.granularity == "tensor":
-        return 0.0  # one pair for the whole matrix: accounted by the caller as negligible
+        return 0.0  # one pair for the whole matrix: QuantMethod.account adds it once
     if spec.granularity == "channel":
         return 1.0
     return float(-(-cols // spec.group_size))
