@@ -14,7 +14,7 @@ from eval.perplexity import perplexity
 from methods.base import build
 from methods.block_drop import block_influence
 from methods.engine import compress
-from methods.structure import STRUCTS, struct_spec, unit_params, units
+from methods.structure import struct_spec, unit_params, units
 
 
 def _windows(tiny, data_root, n=8, seqlen=128):
