@@ -3,6 +3,7 @@ variant, and the official evaluation (EM and F1 after answer normalisation, max 
 answers, x100)."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import string
@@ -76,11 +77,18 @@ def examples_from_json(data: dict) -> list[QAExample]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _examples_from_file(path: str, _mtime_ns: int) -> tuple[QAExample, ...]:
+    """Parsed once per file version (runs read the same file for calibration and evaluation)."""
+    return tuple(examples_from_json(json.loads(Path(path).read_text(encoding="utf-8"))))
+
+
 def load_squad(src: DataSource, split: str = "validation") -> list[QAExample]:
     """SQuAD v1.1 from the official JSON under the data root, or `squad` from the Hub."""
     local = src.local(SQUAD_DEV if split == "validation" else SQUAD_TRAIN, f"SQuAD v1.1 {split}")
     if local is not None:
-        return examples_from_json(json.loads(Path(local).read_text(encoding="utf-8")))
+        path = Path(local).resolve()
+        return list(_examples_from_file(str(path), path.stat().st_mtime_ns))
     from datasets import load_dataset
     ds = load_dataset("squad", split=split)
     return [QAExample(r["id"], r["title"], r["context"], r["question"], tuple(r["answers"]["text"]),

@@ -14,6 +14,13 @@ from torch import nn
 from methods.structure import remove_units, struct_spec, units
 
 
+def require_encoder(family, method: str) -> None:
+    """Encoder head/neuron methods need the BERT family's coupled structures."""
+    if family is not None and family.name != "bert":
+        raise ValueError(f"method '{method}' prunes encoder heads and neurons (BERT family), "
+                         f"not a '{family.name}' model; for decoders use llm_pruner or block_drop")
+
+
 def head_dim(model: nn.Module) -> int:
     return model.config.hidden_size // model.config.num_attention_heads
 

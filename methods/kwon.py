@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from methods.base import Method, register
-from methods.encoder_masks import encoder_flops, head_dim, masks_applied, prune_with_masks
+from methods.encoder_masks import require_encoder, encoder_flops, head_dim, masks_applied, prune_with_masks
 from methods.structure import struct_spec
 
 
@@ -160,8 +160,7 @@ class Kwon(Method):
         return True
 
     def check_model(self, linears, family=None) -> None:
-        if family is not None:
-            struct_spec(family)
+        require_encoder(family, self.name)
 
     def compress_model(self, model: nn.Module, family, batches, device: torch.device, batch_size: int = 8) -> nn.Module:
         cfg = model.config

@@ -50,6 +50,8 @@ QUANT_DECODER = {
 PRUNING_ENCODER = {
     "magnitude": MethodRow("Magnitude", ""),
     "kwon": MethodRow("Kwon et al.", "81"),
+    "kcm": MethodRow("KCM", "110"),
+    "kprune": MethodRow("Kprune", "112"),
     "block_drop": MethodRow("Sajjad et al.", "120"),
 }
 
@@ -58,6 +60,7 @@ QUANT_ENCODER = {
     "gobo": MethodRow("GOBO", "168", uniform="NUQ"),
     "kmeans_quant": MethodRow("K-means Quant.", "175", uniform="NUQ"),
     "powerquant": MethodRow("PowerQuant", "167", uniform="NUQ"),
+    "outlier_suppression": MethodRow("Outlier Suppression", "147", uniform="UQ"),
     "gptq": MethodRow("GPTQ", "42", uniform="UQ"),
     "rtn": MethodRow("RTN", "", uniform="UQ"),
 }
@@ -145,6 +148,15 @@ def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, Method
     }
 
 
+def _encoder_granularity(comp: dict) -> str:
+    """The survey's codes: L (layers), N (neurons), H (heads), W (weights)."""
+    if "dropped_blocks" in comp:
+        return "L"
+    if comp.get("structured"):
+        return "N,H" if "heads_kept" in comp else "N"
+    return "W"
+
+
 def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str, MethodRow]) -> list[dict]:
     """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
     of each task in its column, Avg over the tasks present."""
@@ -161,8 +173,7 @@ def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str
         flops = comp.get("flops_comp_rate")
         row = rows.setdefault(key, {
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
-            "granularity": "N,H" if comp.get("structured") and "dropped_blocks" not in comp else
-            ("L" if "dropped_blocks" in comp else "W"), "uniform": meta.uniform, "cost": meta.cost,
+            "granularity": _encoder_granularity(comp), "uniform": meta.uniform, "cost": meta.cost,
             "comp_rate": round(flops if flops is not None else comp["comp_rate"], 4),
             "rate_basis": "flops" if flops is not None else "memory", "speedup": None,
             "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": ""})

@@ -230,3 +230,117 @@ def test_encoder_runs_record_deltas_rates_and_fill_tables_2_and_4(tmp_path):
     assert row["squad"] == pytest.approx(round(kw["delta"], 2))
     t4 = build(TABLES["table4"], records)
     assert (t4[t4["source"] == "reproduced"]["method"] == "Q8BERT").all()
+
+
+# ---- KCM ------------------------------------------------------------------------------------------
+
+def test_kcm_representative_power_is_low_for_redundant_neurons():
+    from methods.kcm import representative_power
+    g = torch.Generator().manual_seed(0)
+    cluster = torch.randn(1, 8, generator=g) + 0.01 * torch.randn(5, 8, generator=g)  # five near-copies
+    loners = 10 * torch.eye(8)[:3]                                                      # three distinct ones
+    r2 = representative_power(torch.cat([cluster, loners]), sigma=2.0)
+    assert r2[5:].min() > 0.9                      # a neuron nobody else can represent keeps its power
+    assert r2[:5].max() < 0.5                      # copies share it
+    assert r2[:5].sum() == pytest.approx(1.0, abs=0.1)
+
+
+def test_kcm_removes_the_lowest_scored_neurons_uniformly_and_meets_the_flops_rate(minilm, qa_batches):
+    from methods.engine import compress
+    from methods.kcm import KCM
+    model, tok = minilm
+    fam = family_of(model.config.model_type)
+    method = build("kcm", flops_rate=0.2, seq_len=128, tol=1e-2)
+    scores = KCM(tol=1e-2).neuron_scores(model, fam, qa_batches, torch.device("cpu"))
+    W_before = [b.output.dense.weight.detach().clone() for b in fam.blocks(model)]
+    model, _ = compress(model, fam, method, qa_batches, torch.device("cpu"))
+    s = method.summary()
+    assert 0.2 <= s["flops_comp_rate"] < 0.21
+    shapes = layer_shapes(model, fam)
+    assert all(h == 12 for h, _ in shapes) and len({n for _, n in shapes}) == 1  # neurons only, same count
+    for i, block in enumerate(fam.blocks(model)):
+        kept = torch.argsort(scores[i], descending=True)[: shapes[i][1]].sort().values
+        torch.testing.assert_close(block.output.dense.weight, W_before[i][:, kept])
+
+
+def test_kcm_refuses_a_rate_beyond_the_ffn_share(minilm):
+    from methods.kcm import uniform_neuron_fraction
+    model, _ = minilm
+    with pytest.raises(ValueError, match="neurons only"):
+        uniform_neuron_fraction(model, family_of(model.config.model_type), 128, 0.9)
+
+
+# ---- Kprune ---------------------------------------------------------------------------------------
+
+def test_kprune_mask_search_keeps_the_best_units_that_fit():
+    from methods.kprune import keep_within_budget
+    scores = torch.tensor([0.1, 5.0, 3.0, 0.5, 4.0])
+    flops = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0])
+    keep = keep_within_budget(scores, flops, budget=5.0)   # 2 + 2 fits (< 5), a third of 2 does not
+    assert keep.tolist() == [False, True, False, False, True]
+
+
+def test_kprune_weight_tuning_is_the_least_squares_solution():
+    from methods.kprune import reconstruct
+    g = torch.Generator().manual_seed(0)
+    A, Y = torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)
+    W = reconstruct(A, Y, damp=0.0)
+    torch.testing.assert_close(W, torch.linalg.lstsq(A, Y).solution, rtol=1e-4, atol=1e-5)
+
+
+def test_kprune_meets_the_budget_and_its_weight_tuning_preserves_the_predictions(minilm, qa_batches):
+    from methods.engine import compress
+    from methods.kprune import distill_loss, soft_targets
+    base, tok = minilm
+    fam = family_of(base.config.model_type)
+    batches = qa_batches[:1]
+    with torch.no_grad():
+        targets = [soft_targets(base, b, "cpu", 2.0) for b in batches]
+    losses = {}
+    for tune in (True, False):
+        import copy
+        model = copy.deepcopy(base)
+        method = build("kprune", flops_rate=0.4, seq_len=128, tune=tune)
+        model, _ = compress(model, fam, method, batches, torch.device("cpu"))
+        s = method.summary()
+        assert 0.4 <= s["flops_comp_rate"] < 0.45 and s["params_after"] < s["params_before"]
+        with torch.no_grad():
+            losses[tune] = sum(float(distill_loss(model, b, t, "cpu", 2.0)) for b, t in zip(batches, targets))
+    assert losses[True] < losses[False]
+
+
+# ---- Outlier Suppression --------------------------------------------------------------------------
+
+def test_token_wise_clipping_range_is_the_quantile_of_token_extremes():
+    from methods.outlier_suppression import fake_quant_range, token_clip_range
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 64, generator=g)
+    x[:5] *= 40                                   # a few outlier tokens
+    lo, hi = token_clip_range(x.amin(1), x.amax(1), 0.01)
+    assert hi == pytest.approx(float(torch.quantile(x.amax(1), 0.99)))
+    assert lo == pytest.approx(float(torch.quantile(x.amin(1), 0.01)))
+    lo0, hi0 = token_clip_range(x.amin(1), x.amax(1), 0.0)
+    assert (lo0, hi0) == (float(x.min()), float(x.max()))
+    err = lambda a, b: float((fake_quant_range(x[5:], torch.tensor(a), torch.tensor(b), 6) - x[5:]).pow(2).mean())  # noqa: E731
+    assert err(lo, hi) < err(lo0, hi0) / 10       # clipping 1% of tokens protects the other 99%
+    q = fake_quant_range(x, torch.tensor(lo), torch.tensor(hi), 6)
+    assert q.unique().numel() <= 64 and float(q.max()) <= hi + 1e-5
+
+
+def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_batches):
+    from methods.engine import compress
+    model, tok = minilm
+    fam = family_of(model.config.model_type)
+    x = _inputs(tok)
+    with torch.no_grad():
+        ref = model(**x).start_logits
+    gamma = fam.blocks(model)[0].attention.output.LayerNorm.weight.detach().clone()
+    W0 = fam.blocks(model)[0].intermediate.dense.weight.detach().clone()
+    method = build("outlier_suppression", wbits=8, abits=16, fine_steps=0, search_batches=1)
+    model, _ = compress(model, fam, method, qa_batches[:2], torch.device("cpu"))
+    with torch.no_grad():
+        out = model(**x).start_logits
+    assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-2  # only 8-bit weight noise remains
+    # the FFN input linear reads the migrated LayerNorm: it holds Q(W·diag(γ))·diag(γ)⁻¹
+    expected = quantize_weight(W0 * gamma, QuantSpec(bits=8, sym=True, granularity="channel")).dequantize() / gamma
+    torch.testing.assert_close(fam.blocks(model)[0].intermediate.dense.weight.detach(), expected)
