@@ -202,36 +202,6 @@ def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
         assert torch.isfinite(model(**_inputs(tok)).start_logits).all()
 
 
-@pytest.mark.slow
-def test_encoder_runs_record_deltas_rates_and_fill_tables_2_and_4(tmp_path):
-    """Pipeline mechanics on a briefly fine-tuned MiniLM (squad_dev_split, small eval prefix)."""
-    from conftest import base_config
-    from eval.encoder_runner import run_encoder
-    from eval.records import RecordStore
-    from tables.build import TABLES, build
-
-    results = tmp_path / "results"
-    small = {"model": "minilm", "task": "squad_dev_split", "task.max_length": 128, "task.doc_stride": 64,
-             "task.max_eval_examples": 40, "finetune.max_train_features": 32, "finetune.epochs": 1,
-             "finetune.batch_size": 16, "calib.nsamples": 16}
-    q8 = run_encoder(base_config(results, method="q8bert", **small))
-    kw = run_encoder(base_config(results, method="kwon", **small))
-    records = list(RecordStore(results))
-    assert sum(r["kind"] == "dense" for r in records) == 1 and q8["dense_id"] == kw["dense_id"]
-    dense = RecordStore(results).load(q8["dense_id"])
-    head = lambda r: r["metrics"]["squad_dev_split"]["headline"]  # noqa: E731
-    assert q8["delta"] == pytest.approx(head(q8) - head(dense))
-    assert q8["compression"]["comp_rate"] == pytest.approx(0.75, abs=0.01)  # 8 of 32 bits (+ scales)
-    assert kw["compression"]["flops_comp_rate"] >= 0.5
-    assert len(list((results / "finetuned").iterdir())) == 1  # one cached baseline for both runs
-    t2 = build(TABLES["table2"], records)
-    row = t2[t2["source"] == "reproduced"].iloc[0]
-    assert row["method"] == "Kwon et al." and row["rate_basis"] == "flops" and "squad_dev_split" in row["note"]
-    assert row["squad"] == pytest.approx(round(kw["delta"], 2))
-    t4 = build(TABLES["table4"], records)
-    assert (t4[t4["source"] == "reproduced"]["method"] == "Q8BERT").all()
-
-
 # ---- KCM ------------------------------------------------------------------------------------------
 
 def test_kcm_representative_power_is_low_for_redundant_neurons():
