@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data model demo test test-fast table3 table5 bench clean
+.PHONY: install data model demo test test-fast table3 table5 table2 table4 bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,22 @@ table5: model
 	$(PY) scripts/run.py +sweep=table5 $(ARGS)
 	$(PY) scripts/run.py +sweep=table5_w8a8 $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table5]
+
+# Offline encoder tables on the MiniLM, squad_dev_split variant (the published rows under
+# results/minilm-l6/). With the Hub: ENCODER=model=bert_base task=squad (or mnli, qqp).
+ENCODER ?= model=minilm task=squad_dev_split paths.results=results/minilm-l6 finetune.epochs=1 \
+           finetune.lr=1e-4 task.max_length=192 task.doc_stride=64 task.max_eval_examples=1000
+
+table2: install data
+	$(PY) scripts/run.py +sweep=table2 $(ENCODER) $(ARGS)
+	$(PY) scripts/run.py method=kwon method.flops_rate=0.75 $(ENCODER) $(ARGS)
+	$(PY) scripts/run.py method=kprune method.flops_rate=0.75 $(ENCODER) $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table2] $(filter paths.results=%,$(ENCODER))
+
+table4: install data
+	$(PY) scripts/run.py +sweep=table4 $(ENCODER) $(ARGS)
+	$(PY) scripts/run.py method=q8bert method.abits=16 $(ENCODER) $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table4] $(filter paths.results=%,$(ENCODER))
 
 test: model
 	$(PY) -m pytest -q

@@ -8,11 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer
 
 from eval import provenance
 from eval.data import DataSource
-from eval.encoder import TaskConfig, eval_sets, evaluate, headline, train_examples, training_batches
+from eval.encoder import (TaskConfig, eval_sets, evaluate, headline, model_inputs, train_examples,
+                          training_batches)
 from eval.finetune import ensure_finetuned
 from eval.models import model_family, resolve_source
 from eval.records import RecordStore, record_id
@@ -49,6 +51,26 @@ class EncoderPlan:
         self.seqlen = self.task.max_length
 
 
+@torch.inference_mode()
+def forward_seconds(model, batches: list[dict], device, repeats: int = 3) -> float:
+    """Median wall time of one pass of forwards over `batches`: the basis of measured speedups
+    (a physically pruned model runs fewer FLOPs; fake-quantized models are not faster)."""
+    model.eval()
+    times = []
+    for _ in range(repeats):
+        with provenance.Timer() as t:
+            for b in batches:
+                model(**{k: v.to(device) for k, v in model_inputs(b).items()})
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        times.append(t.seconds)
+    return sorted(times)[len(times) // 2]
+
+
+def _timing_batches(p: EncoderPlan, tokenizer) -> list[dict]:
+    return training_batches(p.task, train_examples(p.task, p.data)[:64], tokenizer, p.task.batch_size, seed=0)
+
+
 def _evaluate(p: EncoderPlan, model, tokenizer) -> dict[str, Any]:
     sets = eval_sets(p.task, p.data)
     metrics = {name: evaluate(p.task, model, tokenizer, ex, p.device) for name, ex in sets.items()}
@@ -79,7 +101,7 @@ def run_encoder(cfg: dict[str, Any]) -> dict[str, Any]:
         params = sum(x.numel() for x in model.parameters())
         store.write(_record(p, p.dense_identity, p.dense_rid, metrics, {
             "kind": "dense", **extra_base, "compression": {"comp_rate": 0.0, "params": params},
-            "timing": {"eval_s": t.seconds}}))
+            "timing": {"eval_s": t.seconds, "forward_s": forward_seconds(model, _timing_batches(p, tokenizer), p.device)}}))
     if p.rid == p.dense_rid:
         return store.load(p.rid)
 
@@ -100,7 +122,8 @@ def run_encoder(cfg: dict[str, Any]) -> dict[str, Any]:
     record = _record(p, p.identity, p.rid, metrics, {
         "kind": "compressed", "dense_id": p.dense_rid, **extra_base, "delta": delta,
         "compression": {**info, **compression_rates(info, base_bits=32)},
-        "timing": {"compress_s": t_comp.seconds, **phases, "eval_s": t_eval.seconds},
+        "timing": {"compress_s": t_comp.seconds, **phases, "eval_s": t_eval.seconds,
+                   "forward_s": forward_seconds(model, _timing_batches(p, tokenizer), p.device)},
         "memory": {"compress": mem.report()}})
     store.write(record)
     log.info("record %s written: %s %+.2f", p.rid, p.task.name, delta)

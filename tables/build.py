@@ -148,6 +148,18 @@ def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, Method
     }
 
 
+def _speedup(record: dict, by_id: dict[str, dict]) -> float | None:
+    """Measured forward-time speedup over the dense baseline on the same hardware, for physically
+    smaller models only (fake quantization is not faster)."""
+    dense = by_id.get(record.get("dense_id", ""))
+    if not record["compression"].get("structured") or dense is None:
+        return None
+    fast, slow = record.get("timing", {}).get("forward_s"), dense.get("timing", {}).get("forward_s")
+    if not fast or not slow or dense["hardware"]["name"] != record["hardware"]["name"]:
+        return None
+    return round(slow / fast, 2)
+
+
 def _encoder_granularity(comp: dict) -> str:
     """The survey's codes: L (layers), N (neurons), H (heads), W (weights)."""
     if "dropped_blocks" in comp:
@@ -175,7 +187,7 @@ def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
             "granularity": _encoder_granularity(comp), "uniform": meta.uniform, "cost": meta.cost,
             "comp_rate": round(flops if flops is not None else comp["comp_rate"], 4),
-            "rate_basis": "flops" if flops is not None else "memory", "speedup": None,
+            "rate_basis": "flops" if flops is not None else "memory", "speedup": _speedup(r, by_id),
             "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": ""})
         col = ENCODER_COLUMNS[task]
         row[col] = round(r["delta"], 2)

@@ -101,6 +101,8 @@ def test_kwon_half_flops_mask_beats_random_masks_of_the_same_flops(runs):
 
 def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     from eval.records import RecordStore
+    import pandas as pd
+
     from tables.build import TABLES, build
     dense, q8, kw, cfg = runs
     results = Path(cfg["paths"]["results"])
@@ -113,6 +115,8 @@ def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     row = t2[t2["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Kwon et al." and row["rate_basis"] == "flops" and row["granularity"] == "N,H"
     assert "squad_dev_split" in row["note"] and row["squad"] == pytest.approx(round(kw["delta"], 2))
+    assert row["speedup"] > 0  # measured: forward time of the dense over the pruned model
     t4 = build(TABLES["table4"], records)
     row = t4[t4["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Outlier Suppression" and row["squad"] == pytest.approx(round(q8["delta"], 2))
+    assert pd.isna(row["speedup"])  # fake quantization is not faster: no speedup claimed
