@@ -176,7 +176,9 @@ class Kprune(Method):
                 samples += batch["attention_mask"].shape[0]
                 tokens += int(keep[-1].sum())
                 loss = distill_loss(model, batch, targets, device, self.T)
-                grads = torch.autograd.grad(loss, [x for pair in masks for x in pair])
+                flat = [x for pair in masks for x in pair]
+                grads = [torch.zeros_like(x) if g is None else g
+                         for x, g in zip(flat, torch.autograd.grad(loss, flat, allow_unused=True))]
                 for k, mod in feats.items():
                     s = int(k)
                     a = store[k].pop() if s != target else store[k][-1]

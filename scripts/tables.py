@@ -1,4 +1,5 @@
-"""Regenerate the survey tables (CSV + LaTeX) from the run records under results/runs/."""
+"""Regenerate the survey tables (CSV + LaTeX) from the run records under results/runs/ and the
+published record sets named in conf/tables.yaml (`include`)."""
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,11 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         sys.exit(f"error: unknown table(s) {unknown}; available: {', '.join(TABLES)}")
     results = Path(cfg.paths.results)
-    records = list(RecordStore(results))
+    records = {}
+    for root in [results, *(Path(p) for p in cfg.get("include", []))]:
+        if (root / "runs").is_dir():
+            records.update({r["id"]: r for r in RecordStore(root)})
+    records = list(records.values())
     for key in cfg.tables:
         df = build(TABLES[key], records)
         csv, tex = write(TABLES[key], df, results / "tables")
