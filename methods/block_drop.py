@@ -50,7 +50,7 @@ class BlockDrop(Method):
 
     def check_model(self, linears, family=None) -> None:
         n = len({name.split(".")[0] for name in linears})
-        if self.n_blocks >= n:
+        if linears and self.n_blocks >= n:  # encoder runs check before loading: see compress_model
             raise ValueError(f"cannot drop {self.n_blocks} of {n} blocks")
 
     def compress_model(self, model: nn.Module, family, windows: torch.Tensor, device: torch.device,
@@ -58,6 +58,8 @@ class BlockDrop(Method):
         from methods.engine import Session
 
         before = sum(p.numel() for p in model.parameters())
+        if self.n_blocks >= len(family.blocks(model)):
+            raise ValueError(f"cannot drop {self.n_blocks} of {len(family.blocks(model))} blocks; lower method.n_blocks")
         if self.rule == "top":
             n = len(family.blocks(model))
             self.dropped = list(range(n - self.n_blocks, n))

@@ -65,7 +65,8 @@ def units(block: nn.Module, spec: StructSpec, head_dim: int) -> Units:
     mods = dict(block.named_modules())
     q_out, kv_out = mods[spec.q].out_features, mods[spec.k].out_features
     n_kv = kv_out // head_dim
-    return Units(head_dim, q_out // kv_out, n_kv, mods[spec.mlp_in].in_features)
+    # a block whose heads were all removed keeps q_per_unit 1 (it has no head units left)
+    return Units(head_dim, q_out // kv_out if kv_out else 1, n_kv, mods[spec.mlp_in].in_features)
 
 
 def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
