@@ -95,7 +95,7 @@ def run_encoder(cfg: dict[str, Any]) -> dict[str, Any]:
     model = p.task.model_class().from_pretrained(source, use_safetensors=True, **kwargs).to(p.device).eval()
     extra_base = {"baseline": str(baseline), "task_variant": p.task.name}
 
-    if not store.exists(p.dense_rid):
+    if not store.exists(p.dense_rid) or (p.rid == p.dense_rid and p.cfg.get("force", False)):
         with provenance.Timer() as t:
             metrics = _evaluate(p, model, tokenizer)
         params = sum(x.numel() for x in model.parameters())
