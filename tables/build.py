@@ -119,8 +119,8 @@ def _bits_label(comp: dict) -> str:
 
 
 def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, MethodRow]) -> dict | None:
-    if record.get("kind") != "compressed":
-        return None
+    if record.get("kind") != "compressed" or record["config"].get("task", {}).get("name", "lm") != "lm":
+        return None  # perplexity tables take language-modelling runs only
     meta = _method_meta(record["identity"]["method"], methods)
     if meta is None:
         return None
