@@ -7,10 +7,12 @@ projection. A mask of 0 removes the structure; other values fold into the projec
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from methods.base import Method
 from methods.structure import remove_units, struct_spec, units
 
 
@@ -91,3 +93,29 @@ def encoder_flops(model: nn.Module, family, seq_len: int) -> int:
         total += 2 * 2 * seq_len * seq_len * heads * hd    # QKᵀ and (softmax)V
         total += 2 * seq_len * d * neurons * 2             # FFN in and out
     return total
+
+
+class EncoderPruning(Method):
+    """Common ground of the calibration-only head/neuron pruners (Kwon et al., KCM, Kprune): a
+    FLOPs rate, BERT-family models, and the FLOPs facts of the result."""
+
+    whole_model = True
+
+    def __init__(self, flops_rate: float, seq_len: int, **knobs: Any):
+        super().__init__(flops_rate=flops_rate, seq_len=seq_len, **knobs)
+        if not 0 < flops_rate < 1:
+            raise ValueError(f"flops_rate (fraction of FLOPs removed) must lie in (0, 1), got {flops_rate}")
+        self.flops_rate, self.seq_len = flops_rate, seq_len
+        self.facts: dict[str, Any] = {}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+    def check_model(self, linears, family=None) -> None:
+        require_encoder(family, self.name)
+
+    def summary(self) -> dict[str, Any]:
+        f = self.facts
+        rate = 1 - f["flops_after"] / f["flops_before"] if f else None
+        return {"structured": True, "flops_rate_target": self.flops_rate, "flops_comp_rate": rate, **f}

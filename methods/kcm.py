@@ -17,13 +17,12 @@ as a hyper-parameter).
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
 
-from methods.base import Method, register
-from methods.encoder_masks import require_encoder, encoder_flops, prune_with_masks
+from methods.base import register
+from methods.encoder_masks import EncoderPruning, encoder_flops, prune_with_masks
 from methods.structure import struct_spec
 
 
@@ -97,22 +96,10 @@ def uniform_neuron_fraction(model: nn.Module, family, seq_len: int, flops_rate: 
 
 
 @register("kcm")
-class KCM(Method):
-    whole_model = True
-
+class KCM(EncoderPruning):
     def __init__(self, flops_rate: float = 0.2, seq_len: int = 128, sigma: float | None = None, tol: float = 1e-4):
-        super().__init__(flops_rate=flops_rate, seq_len=seq_len, sigma=sigma, tol=tol)
-        if not 0 < flops_rate < 1:
-            raise ValueError(f"flops_rate (fraction of FLOPs removed) must lie in (0, 1), got {flops_rate}")
-        self.flops_rate, self.seq_len, self.sigma, self.tol = flops_rate, seq_len, sigma, tol
-        self.facts: dict[str, Any] = {}
-
-    @property
-    def needs_calibration(self) -> bool:
-        return True
-
-    def check_model(self, linears, family=None) -> None:
-        require_encoder(family, self.name)
+        super().__init__(flops_rate, seq_len, sigma=sigma, tol=tol)
+        self.sigma, self.tol = sigma, tol
 
     @torch.no_grad()
     def neuron_scores(self, model: nn.Module, family, batches, device) -> torch.Tensor:
@@ -139,8 +126,3 @@ class KCM(Method):
                       "params_before": before, "params_after": sum(x.numel() for x in model.parameters()),
                       "neurons_kept": [N - drop] * L}
         return model
-
-    def summary(self) -> dict[str, Any]:
-        f = self.facts
-        rate = 1 - f["flops_after"] / f["flops_before"] if f else None
-        return {"structured": True, "flops_rate_target": self.flops_rate, "flops_comp_rate": rate, **f}

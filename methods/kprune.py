@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, register
-from methods.encoder_masks import require_encoder, encoder_flops, head_dim, layer_shapes
+from methods.base import register
+from methods.encoder_masks import EncoderPruning, encoder_flops, head_dim, layer_shapes
 from methods.structure import remove_units, struct_spec, units
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -106,25 +106,12 @@ def reconstruct(features: torch.Tensor, target: torch.Tensor, damp: float = 1e-6
 
 
 @register("kprune")
-class Kprune(Method):
-    whole_model = True
-
+class Kprune(EncoderPruning):
     def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, lam_pred: float = 1.0, lam_rep: float = 2.5e-4,
                  mu: float = 64.0, temperature: float = 2.0, tune: bool = True):
-        super().__init__(flops_rate=flops_rate, seq_len=seq_len, lam_pred=lam_pred, lam_rep=lam_rep, mu=mu,
-                         temperature=temperature, tune=tune)
-        if not 0 < flops_rate < 1:
-            raise ValueError(f"flops_rate (fraction of FLOPs removed) must lie in (0, 1), got {flops_rate}")
-        self.flops_rate, self.seq_len, self.tune = flops_rate, seq_len, tune
-        self.lam_pred, self.lam_rep, self.mu, self.T = lam_pred, lam_rep, mu, temperature
-        self.facts: dict[str, Any] = {}
-
-    @property
-    def needs_calibration(self) -> bool:
-        return True
-
-    def check_model(self, linears, family=None) -> None:
-        require_encoder(family, self.name)
+        super().__init__(flops_rate, seq_len, lam_pred=lam_pred, lam_rep=lam_rep, mu=mu, temperature=temperature,
+                         tune=tune)
+        self.tune, self.lam_pred, self.lam_rep, self.mu, self.T = tune, lam_pred, lam_rep, mu, temperature
 
     # ---- step 0: what the uncompressed model knows -------------------------------------------
     @torch.no_grad()
@@ -238,8 +225,5 @@ class Kprune(Method):
         return model
 
     def summary(self) -> dict[str, Any]:
-        f = self.facts
-        rate = 1 - f["flops_after"] / f["flops_before"] if f else None
-        return {"structured": True, "flops_rate_target": self.flops_rate, "flops_comp_rate": rate,
-                "lam_pred": self.lam_pred, "lam_rep": self.lam_rep, "mu": self.mu, "temperature": self.T,
-                "tune": self.tune, **f}
+        return {**super().summary(), "lam_pred": self.lam_pred, "lam_rep": self.lam_rep, "mu": self.mu,
+                "temperature": self.T, "tune": self.tune}

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Method, register
-from methods.encoder_masks import require_encoder, encoder_flops, head_dim, masks_applied, prune_with_masks
+from methods.base import register
+from methods.encoder_masks import EncoderPruning, encoder_flops, head_dim, masks_applied, prune_with_masks
 from methods.structure import struct_spec
 
 
@@ -145,22 +145,10 @@ def layer_contributions(model, family, batches, device) -> list[dict[str, torch.
 
 
 @register("kwon")
-class Kwon(Method):
-    whole_model = True
-
+class Kwon(EncoderPruning):
     def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, rearrange: bool = True, tune: bool = True):
-        super().__init__(flops_rate=flops_rate, seq_len=seq_len, rearrange=rearrange, tune=tune)
-        if not 0 < flops_rate < 1:
-            raise ValueError(f"flops_rate (fraction of FLOPs removed) must lie in (0, 1), got {flops_rate}")
-        self.flops_rate, self.seq_len, self.do_rearrange, self.do_tune = flops_rate, seq_len, rearrange, tune
-        self.facts: dict[str, Any] = {}
-
-    @property
-    def needs_calibration(self) -> bool:
-        return True
-
-    def check_model(self, linears, family=None) -> None:
-        require_encoder(family, self.name)
+        super().__init__(flops_rate, seq_len, rearrange=rearrange, tune=tune)
+        self.do_rearrange, self.do_tune = rearrange, tune
 
     def compress_model(self, model: nn.Module, family, batches, device: torch.device, batch_size: int = 8) -> nn.Module:
         cfg = model.config
@@ -189,7 +177,4 @@ class Kwon(Method):
         return model
 
     def summary(self) -> dict[str, Any]:
-        f = self.facts
-        rate = 1 - f["flops_after"] / f["flops_before"] if f else None
-        return {"structured": True, "flops_rate_target": self.flops_rate, "flops_comp_rate": rate,
-                "rearrange": self.do_rearrange, "tune": self.do_tune, **f}
+        return {**super().summary(), "rearrange": self.do_rearrange, "tune": self.do_tune}
