@@ -163,6 +163,12 @@ def calibration_windows(source: str, src: DataSource, tokenizer, nsamples: int, 
     if source == "c4":
         docs = _C4Texts(c4_shard(src, "train"))
         return sample_document_windows(docs, lambda t: tokenize(tokenizer, t), nsamples, seqlen, seed)
+    return sample_token_windows(calibration_stream(source, src, tokenizer, path, join), nsamples, seqlen, seed)
+
+
+def calibration_stream(source: str, src: DataSource, tokenizer, path: str | None = None,
+                       join: str = "\n\n") -> torch.Tensor:
+    """The token stream of a one-text calibration source (WikiText-2 train, or a local file)."""
     if source == "wikitext2":
         ids = tokenize(tokenizer, wikitext2_text(src, "train", join=join))
     elif source == "file":
@@ -176,7 +182,7 @@ def calibration_windows(source: str, src: DataSource, tokenizer, nsamples: int, 
         ids = tokenize(tokenizer, file.read_text(encoding="utf-8"))
     else:
         raise ValueError(f"unknown calibration source '{source}'; known: {', '.join(CALIB_SOURCES)}")
-    return sample_token_windows(ids, nsamples, seqlen, seed)
+    return ids
 
 
 class _C4Texts:

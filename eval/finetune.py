@@ -10,16 +10,14 @@ from typing import Any
 
 import torch
 
-from eval.data import DataSource
-from eval.encoder import TaskConfig, eval_sets, evaluate, headline, train_examples, training_batches
 from eval.records import record_id
 
 log = logging.getLogger("compbench")
 DONE = "finetune.json"
 
 
-def finetune(model_path: str, task: TaskConfig, src: DataSource, ft: dict[str, Any], out: Path,
-             device: torch.device) -> dict[str, Any]:
+def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
+    """Fine-tune `model_path` on an encoder task (eval.tasks.encoder.EncoderTask) into `out`."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(ft["seed"])
@@ -28,8 +26,8 @@ def finetune(model_path: str, task: TaskConfig, src: DataSource, ft: dict[str, A
     model = task.model_class().from_pretrained(model_path, use_safetensors=True, **kwargs).to(device)
     batches = []
     for epoch in range(ft["epochs"]):
-        batches += training_batches(task, train_examples(task, src), tokenizer, ft["batch_size"],
-                                    ft["seed"] + epoch, ft.get("max_train_features"))
+        batches += task.training_batches(tokenizer, ft["batch_size"], ft["seed"] + epoch,
+                                         ft.get("max_train_features"))
     steps = len(batches)
     warmup = int(ft["warmup_ratio"] * steps)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -55,19 +53,19 @@ def finetune(model_path: str, task: TaskConfig, src: DataSource, ft: dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    metrics = {name: evaluate(task, model, tokenizer, ex, device) for name, ex in eval_sets(task, src).items()}
+    metrics = {name: task.score(model, tokenizer, ex, device) for name, ex in task.eval_sets().items()}
     info = {"model": model_path, "task": task.name, "finetune": ft, "steps": steps, "train_s": train_s,
-            "metrics": metrics, "headline": headline(task, metrics)}
+            "metrics": metrics, "headline": task.headline(metrics)}
     (out / DONE).write_text(json.dumps(info, indent=2))
     return info
 
 
-def ensure_finetuned(model_name: str, model_path: str, task: TaskConfig, src: DataSource, ft: dict[str, Any],
-                     cache: Path, device: torch.device) -> Path:
+def ensure_finetuned(model_name: str, model_path: str, task, ft: dict[str, Any], cache: Path,
+                     device: torch.device) -> Path:
     """The cached fine-tuned checkpoint for (model, task, recipe), trained here if absent."""
-    key = record_id({"model": model_path, "task": task.__dict__, "finetune": ft})
+    key = record_id({"model": model_path, "task": task.settings.__dict__, "finetune": ft})
     out = cache / f"{model_name}-{task.name}-{key}"
     if not (out / DONE).is_file():
         log.info("fine-tuning %s on %s -> %s", model_name, task.name, out)
-        finetune(model_path, task, src, ft, out, device)
+        finetune(model_path, task, ft, out, device)
     return out

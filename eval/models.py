@@ -1,4 +1,5 @@
-"""Loading a Hugging Face causal LM (hub id or local folder) for compression and evaluation."""
+"""Loading Hugging Face models (hub id, local folder, or a folder inside a package) and saving
+compressed ones so that they reload with their new shapes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from eval.provenance import REPO_ROOT
-from methods.arch import Family, family_of
+from methods.core.arch import Family, family_of
 
 MAX_SEQLEN = 2048
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,7 +108,8 @@ def save_compressed(model: torch.nn.Module, tokenizer, folder: str | Path) -> Pa
     return folder
 
 
-def load_compressed(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
+def load_compressed(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool = False,
+                    model_class=AutoModelForCausalLM) -> torch.nn.Module:
     import json
 
     from safetensors.torch import load_file
@@ -115,7 +117,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype, trust_remote_code: b
     folder = Path(folder)
     meta = json.loads((folder / SHAPES_FILE).read_text())
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = model_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     for name, (out_f, in_f, bias) in meta["linears"].items():
         parent, _, leaf = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model

@@ -27,11 +27,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from eval import data as data_mod  # noqa: E402
 from eval import models  # noqa: E402
 from eval.provenance import hardware  # noqa: E402
-from methods import engine  # noqa: E402
-from methods.arch import weight_matrix  # noqa: E402
-from methods.base import build  # noqa: E402
-from methods.masks import mask_for  # noqa: E402
-from methods.sparsegpt import sparsegpt_prune  # noqa: E402
+from methods.core import engine  # noqa: E402
+from methods.core.arch import weight_matrix  # noqa: E402
+from methods.core.base import build  # noqa: E402
+from methods.core.calibration import TokenWindows  # noqa: E402
+from methods.core.hooks import forward_hooks  # noqa: E402
+from methods.pruning.masks import mask_for  # noqa: E402
+from methods.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
 
 
 class _PerSampleStats:
@@ -84,18 +86,16 @@ def reference_sequential(lm: models.LoadedModel, windows: torch.Tensor, make_sta
     """The reference drivers' loop (llama_sequential / prune_wanda), one sample per forward."""
     t0 = time.perf_counter()
     session = engine.Session(lm.model, lm.family, device, progress=False)
-    session.capture(windows, batch_size=1)  # the Catcher sees one sample per model call
+    session.capture(TokenWindows(windows), batch_size=1)  # the Catcher sees one sample per model call
     inps = session.inputs
     for block in lm.family.blocks(lm.model):
         block.to(device)
         layers = lm.family.linears(block)
         states = {n: make_state(layer) for n, layer in layers.items()}
-        handles = [layer.register_forward_hook(lambda _m, i, o, n=n: states[n].add_batch(i[0].data, o.data))
-                   for n, layer in layers.items()]
-        for hidden, (args, kw) in inps:
-            block(hidden, *args, **kw)
-        for h in handles:
-            h.remove()
+        with forward_hooks(post=[(layer, lambda _m, i, o, n=n: states[n].add_batch(i[0].data, o.data))
+                                 for n, layer in layers.items()]):
+            for hidden, (args, kw) in inps:
+                block(hidden, *args, **kw)
         for n, layer in layers.items():
             prune(layer, states[n])
         outs = []
@@ -129,8 +129,8 @@ def main(cfg: DictConfig) -> None:
         for _ in range(cfg.bench.repeats):
             ours = _fresh(cfg, device)
             t0 = time.perf_counter()
-            engine.compress(ours.model, ours.family, build(method, sparsity=cfg.bench.sparsity), windows, device,
-                            cfg.engine.batch_size, progress=False)
+            engine.compress(ours.model, ours.family, build(method, sparsity=cfg.bench.sparsity),
+                            TokenWindows(windows), device, cfg.engine.batch_size, progress=False)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t_ours = min(t_ours, time.perf_counter() - t0)

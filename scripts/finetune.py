@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from eval.data import DataMissing, DataSource  # noqa: E402
-from eval.encoder import TaskConfig  # noqa: E402
+from eval.data import DataMissing  # noqa: E402
 from eval.finetune import DONE, ensure_finetuned  # noqa: E402
 from eval.models import resolve_source  # noqa: E402
-from eval.runner import resolve_device, seed_everything  # noqa: E402
+from eval.pipeline import resolve_device, seed_everything  # noqa: E402
+from eval.tasks.base import build_task  # noqa: E402
+from eval.tasks.encoder import EncoderTask  # noqa: E402
 
 log = logging.getLogger("compbench")
 
@@ -31,13 +32,13 @@ log = logging.getLogger("compbench")
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
-    if c["task"]["name"] == "lm":
-        sys.exit("error: fine-tuning is for encoder tasks; pick one, e.g. task=squad_dev_split (offline) or task=mnli")
     try:
-        task = TaskConfig.from_dict(c["task"])
+        task = build_task(c)
+        if not isinstance(task, EncoderTask):
+            sys.exit("error: fine-tuning is for encoder tasks; pick one, e.g. task=squad_dev_split (offline) "
+                     "or task=mnli")
         seed_everything(c["seed"])
-        out = ensure_finetuned(c["model"]["name"], resolve_source(c["model"]["path"]), task,
-                               DataSource.from_config(c["paths"]["data_root"], c.get("offline")), c["finetune"],
+        out = ensure_finetuned(c["model"]["name"], resolve_source(c["model"]["path"]), task, c["finetune"],
                                Path(c["paths"]["results"]) / "finetuned", resolve_device(c["device"]))
     except (ValueError, FileNotFoundError, DataMissing) as err:
         sys.exit(f"error: {err}")

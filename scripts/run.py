@@ -15,8 +15,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval.data import DataMissing  # noqa: E402
-from eval.encoder_runner import run_encoder  # noqa: E402
-from eval.runner import ConfigError, run  # noqa: E402
+from eval.pipeline import ConfigError, run  # noqa: E402
 
 log = logging.getLogger("compbench")
 
@@ -25,20 +24,20 @@ log = logging.getLogger("compbench")
 def main(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        record = run(resolved) if cfg.task.name == "lm" else run_encoder(resolved)
+        record = run(resolved)
     except (ConfigError, DataMissing) as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
-    if cfg.task.name != "lm":
-        m = record["metrics"][cfg.task.name]
-        print(f"[{record['id']}] {cfg.model.name} {cfg.method.name} on {cfg.task.name}: {m['headline']:.2f}"
-              + (f" (delta {record['delta']:+.2f})" if "delta" in record else ""))
-        return
-    ppl = ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
-                    for ds, m in record["metrics"].items())
     comp = record["compression"]
-    print(f"[{record['id']}] {cfg.model.name} {cfg.method.name}: compression rate {comp['comp_rate']:.4f}, "
-          f"ppl {ppl}")
+    head = f"[{record['id']}] {cfg.model.name} {cfg.method.name}: compression rate {comp['comp_rate']:.4f}"
+    if record.get("headline") is not None:
+        score = f"{cfg.task.name} {record['headline']:.2f}" + (f" (delta {record['delta']:+.2f})"
+                                                             if "delta" in record else "")
+    else:
+        score = "ppl " + ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
+                                   for ds, m in record["metrics"].items() if "ppl" in m)
+    speed = f", speedup {record['speedup']['value']:.2f}x" if "speedup" in record else ""
+    print(f"{head}, {score}{speed}")
 
 
 if __name__ == "__main__":

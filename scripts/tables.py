@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from eval.records import RecordStore  # noqa: E402
-from tables.build import TABLES, build, write  # noqa: E402
+from tables.build import TABLES, build_table, unplaced, write  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="tables", version_base="1.3")
@@ -26,8 +26,10 @@ def main(cfg: DictConfig) -> None:
         if (root / "runs").is_dir():
             records.update({r["id"]: r for r in RecordStore(root)})
     records = list(records.values())
+    for rid, why in unplaced(records):
+        print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
     for key in cfg.tables:
-        df = build(TABLES[key], records)
+        df = build_table(TABLES[key], records)
         csv, tex = write(TABLES[key], df, results / "tables")
         n = int((df["source"] == "reproduced").sum())
         print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")

@@ -16,6 +16,8 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from methods.core.model_facts import count_params  # noqa: E402
+
 
 def corpus(cfg: DictConfig) -> str:
     root = Path(cfg.paths.data_root)
@@ -90,7 +92,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    print(f"saved {sum(p.numel() for p in model.parameters()):,} parameters to {out}")
+    print(f"saved {count_params(model):,} parameters to {out}")
 
 
 if __name__ == "__main__":

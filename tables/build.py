@@ -7,76 +7,83 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pandas as pd
+
+from methods.core.base import Kind, TableRow, build
 
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 
 
-@dataclass(frozen=True)
-class MethodRow:
-    label: str
-    ref: str
-    cost: str = "low"
-    uniform: str = ""  # UQ / NUQ for quantization rows
-
-
-# How a registered method appears in the survey's tables (label, survey reference number).
-PRUNING_DECODER = {
-    "magnitude": MethodRow("Magnitude", ""),
-    "wanda": MethodRow("Wanda", "163"),
-    "sparsegpt": MethodRow("SparseGPT", "40"),
-    "owl_wanda": MethodRow("Wanda+OWL", "129"),
-    "owl_sparsegpt": MethodRow("SparseGPT+OWL", "129"),
-    "llm_pruner": MethodRow("LLM-Pruner", "105"),
-    "block_drop": MethodRow("Block drop (BI)", ""),
-}
-
-
-QUANT_DECODER = {
-    "rtn": MethodRow("RTN", "", uniform="UQ"),
-    "gptq": MethodRow("OPTQ", "42", uniform="UQ"),
-    "awq": MethodRow("AWQ", "95", uniform="UQ"),
-    "smoothquant": MethodRow("SmoothQuant", "157", uniform="UQ"),
-    "owq": MethodRow("OWQ", "86", uniform="UQ"),
-    "spqr": MethodRow("SpQR", "35", uniform="UQ"),
-    "squeezellm": MethodRow("SqueezeLLM", "71", uniform="NUQ"),
-    "zeroquant": MethodRow("ZeroQuant", "160", uniform="UQ"),
-    "nf4": MethodRow("NF4", "34", uniform="NUQ"),
-}
-
-
-PRUNING_ENCODER = {
-    "magnitude": MethodRow("Magnitude", ""),
-    "kwon": MethodRow("Kwon et al.", "81"),
-    "kcm": MethodRow("KCM", "110"),
-    "kprune": MethodRow("Kprune", "112"),
-    "block_drop": MethodRow("Sajjad et al.", "120"),
-}
-
-QUANT_ENCODER = {
-    "q8bert": MethodRow("Q8BERT", "169", uniform="UQ"),
-    "gobo": MethodRow("GOBO", "168", uniform="NUQ"),
-    "kmeans_quant": MethodRow("K-means Quant.", "175", uniform="NUQ"),
-    "powerquant": MethodRow("PowerQuant", "167", uniform="NUQ"),
-    "outlier_suppression": MethodRow("Outlier Suppression", "147", uniform="UQ"),
-    "gptq": MethodRow("GPTQ", "42", uniform="UQ"),
-    "rtn": MethodRow("RTN", "", uniform="UQ"),
-}
-
 ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
+PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.value})
+QUANTIZATION = frozenset({Kind.QUANTIZED.value})
 
 
 @dataclass(frozen=True)
 class TableSpec:
+    """A survey table: which records it takes (the task's role and the compression kinds), and
+    how its rows look. A method's label, reference and granularity come from the method itself."""
+
     key: str
     reported: str
     caption: str
-    methods: dict[str, MethodRow]
-    reproduce: Callable[[dict, dict[str, dict], dict[str, MethodRow]], dict | None]
+    role: str                    # "decoder" | "encoder"
+    kinds: frozenset[str]
     kind_column: str = "granularity"  # the 4th LaTeX column: granularity (pruning) or uniform (quant)
-    encoder: bool = False  # rows gather one record per task (Δ in %p per task column)
+
+    @property
+    def encoder(self) -> bool:
+        return self.role == "encoder"
+
+
+TABLES = {
+    "table2": TableSpec("table2", "table2_pruning_encoder.csv",
+                        "Pruning of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
+                        "encoder", PRUNING),
+    "table3": TableSpec("table3", "table3_pruning_decoder.csv",
+                        "Pruning of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
+                        "decoder", PRUNING),
+    "table4": TableSpec("table4", "table4_quantization_encoder.csv",
+                        "Quantization of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
+                        "encoder", QUANTIZATION, kind_column="uniform"),
+    "table5": TableSpec("table5", "table5_quantization_decoder.csv",
+                        "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
+                        "decoder", QUANTIZATION, kind_column="uniform"),
+}
+
+
+def row_meta(method_cfg: dict, table: str) -> TableRow:
+    """The method's own row metadata for `table`; a method without one (or no longer buildable)
+    appears under its registered name."""
+    cfg = dict(method_cfg)
+    name = cfg.pop("name")
+    try:
+        method = build(name, **cfg)
+    except ValueError:
+        return TableRow(name)
+    return method.table_row(table) or TableRow(name)
+
+
+def belongs(spec: TableSpec, record: dict) -> bool:
+    """A compressed record of this table's role (its task's) and compression kind."""
+    if record.get("kind") != "compressed":
+        return False
+    return record.get("role") == spec.role and record["compression"].get("kind") in spec.kinds
+
+
+def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
+    """(record id, why) for every compressed record that no table takes."""
+    out = []
+    for r in records:
+        if r.get("kind") != "compressed" or any(belongs(spec, r) for spec in TABLES.values()):
+            continue
+        if "role" not in r or "kind" not in r.get("compression", {}):
+            out.append((r["id"], "record predates the typed compression result (schema 2); rerun it"))
+        else:
+            out.append((r["id"], f"no table takes {r['role']} records of kind '{r['compression']['kind']}'"))
+    return out
 
 
 def _ppl(record: dict | None, ds: str) -> float | None:
@@ -85,45 +92,25 @@ def _ppl(record: dict | None, ds: str) -> float | None:
     return record["metrics"][ds]["ppl"]
 
 
-def _granularity(record: dict) -> str:
-    comp = record["compression"]
-    if comp.get("structured"):
-        return "L" if "dropped_blocks" in comp else "N,H"
-    pattern = comp.get("pattern", "unstructured")
-    return "W" if pattern == "unstructured" else pattern
-
-
-def _method_meta(method_cfg: dict, methods: dict[str, MethodRow]) -> MethodRow | None:
-    """The row label of a method, or of a `compose` whose last step belongs to this table."""
-    name = method_cfg["name"]
-    if name == "llm_pruner" and method_cfg.get("importance") == "magnitude" and name in methods:
-        return MethodRow("Magnitude (N,H)", "")
-    if name == "block_drop" and method_cfg.get("rule") == "top" and methods is PRUNING_DECODER:
-        return MethodRow("Top-layer drop", "120")
-    if name == "block_drop" and method_cfg.get("rule", "influence") == "influence" and methods is PRUNING_ENCODER:
-        return MethodRow("Block drop (BI)", "")
-    if name != "compose":
-        return methods.get(name)
-    steps = [s["name"] for s in method_cfg["steps"]]
-    if steps[-1] not in methods:
-        return None
-    every = {**PRUNING_DECODER, **QUANT_DECODER}
-    last = methods[steps[-1]]
-    return MethodRow("+".join(every[s].label if s in every else s for s in steps), last.ref, last.cost, last.uniform)
-
-
 def _bits_label(comp: dict) -> str:
     if "wbits" not in comp:
         return ""
     return f"W{comp['wbits']}" + (f"A{comp['abits']}" if comp.get("abits") else "")
 
 
-def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, MethodRow]) -> dict | None:
-    if record.get("kind") != "compressed" or record["config"].get("task", {}).get("name", "lm") != "lm":
-        return None  # perplexity tables take language-modelling runs only
-    meta = _method_meta(record["identity"]["method"], methods)
-    if meta is None:
-        return None
+def _speedup(record: dict) -> float | None:
+    """Measured forward-time speedup over the dense model, in the same process (physically smaller
+    models only: fake quantization is not faster)."""
+    s = record.get("speedup")
+    return round(s["value"], 2) if s else None
+
+
+def _granularity(record: dict, meta: TableRow) -> str:
+    return meta.granularity or record["compression"]["granularity"]
+
+
+def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
+    meta = row_meta(record["identity"]["method"], spec.key)
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
     wt2 = record["metrics"].get("wikitext2", {})
@@ -134,62 +121,35 @@ def _decoder_row(record: dict, by_id: dict[str, dict], methods: dict[str, Method
     if calib:
         notes.append(f"calib {calib['source']}{':' + str(calib.get('path')) if calib.get('path') else ''}"
                      f" x{calib['nsamples']}")
+    comp = record["compression"]
     return {
         "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": cfg["model"]["name"],
-        "granularity": _granularity(record), "uniform": meta.uniform, "cost": meta.cost,
-        "bits": _bits_label(record["compression"]), "group_size": record["compression"].get("group_size"),
-        "bits_per_weight": record["compression"].get("bits_per_weight"),
-        "comp_rate": round(record["compression"]["comp_rate"], 4),
-        "model_comp_rate": round(record["compression"]["model_comp_rate"], 4),
+        "granularity": _granularity(record, meta), "uniform": meta.uniform, "cost": meta.cost,
+        "bits": _bits_label(comp), "group_size": comp.get("group_size"),
+        "bits_per_weight": comp.get("bits_per_weight"),
+        "comp_rate": round(comp["comp_rate"], 4), "model_comp_rate": round(comp["model_comp_rate"], 4),
         "ppl_plm": _ppl(dense, "wikitext2"), "ppl_compressed": _ppl(record, "wikitext2"),
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
-        "speedup": None, "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
+        "speedup": _speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
     }
 
 
-def _speedup(record: dict, by_id: dict[str, dict]) -> float | None:
-    """Measured forward-time speedup over the dense baseline on the same hardware, for physically
-    smaller models only (fake quantization is not faster)."""
-    dense = by_id.get(record.get("dense_id", ""))
-    if not record["compression"].get("structured") or dense is None:
-        return None
-    fast, slow = record.get("timing", {}).get("forward_s"), dense.get("timing", {}).get("forward_s")
-    if not fast or not slow or dense["hardware"]["name"] != record["hardware"]["name"]:
-        return None
-    return round(slow / fast, 2)
-
-
-def _encoder_granularity(comp: dict) -> str:
-    """The survey's codes: L (layers), N (neurons), H (heads), W (weights)."""
-    if "dropped_blocks" in comp:
-        return "L"
-    if comp.get("structured"):
-        return "N,H" if "heads_kept" in comp else "N"
-    return "W"
-
-
-def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str, MethodRow]) -> list[dict]:
+def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
     """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
     of each task in its column, Avg over the tasks present."""
     rows: dict[str, dict] = {}
     for r in records:
-        task = r["identity"].get("task", {}).get("name")
-        if r.get("kind") != "compressed" or task not in ENCODER_COLUMNS:
-            continue
-        meta = _method_meta(r["identity"]["method"], methods)
-        if meta is None:
-            continue
+        task = r["task"]
+        meta = row_meta(r["identity"]["method"], spec.key)
         key = json.dumps({k: v for k, v in r["identity"].items() if k != "task"}, sort_keys=True, default=str)
         comp = r["compression"]
-        flops = comp.get("flops_comp_rate")
         row = rows.setdefault(key, {
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
-            "granularity": _encoder_granularity(comp), "uniform": meta.uniform, "cost": meta.cost,
-            "comp_rate": round(flops if flops is not None else comp["comp_rate"], 4),
-            "rate_basis": "flops" if flops is not None else "memory", "speedup": _speedup(r, by_id),
+            "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
+            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], "speedup": _speedup(r),
             "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": ""})
-        col = ENCODER_COLUMNS[task]
+        col = ENCODER_COLUMNS.get(task, task)
         row[col] = round(r["delta"], 2)
         row["record"].append(r["id"])
         if task == "squad_dev_split":
@@ -205,22 +165,6 @@ def _encoder_rows(records: list[dict], by_id: dict[str, dict], methods: dict[str
         row["note"] = "; ".join(dict.fromkeys(row["note"]))
         out.append(row)
     return out
-
-
-TABLES = {
-    "table3": TableSpec("table3", "table3_pruning_decoder.csv",
-                        "Pruning of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
-                        PRUNING_DECODER, _decoder_row),
-    "table5": TableSpec("table5", "table5_quantization_decoder.csv",
-                        "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
-                        QUANT_DECODER, _decoder_row, kind_column="uniform"),
-    "table2": TableSpec("table2", "table2_pruning_encoder.csv",
-                        "Pruning of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
-                        PRUNING_ENCODER, _encoder_rows, encoder=True),
-    "table4": TableSpec("table4", "table4_quantization_encoder.csv",
-                        "Quantization of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
-                        QUANT_ENCODER, _encoder_rows, kind_column="uniform", encoder=True),
-}
 
 
 def reported(spec: TableSpec) -> pd.DataFrame:
@@ -242,19 +186,21 @@ def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     return float(row["ppl_compressed"] - same.iloc[0]["ppl_compressed"])
 
 
-def build(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
+def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
+    """The reported rows of `spec` followed by one reproduced row per record it takes."""
     records = list(records)
     by_id = {r["id"]: r for r in records}
+    mine = [r for r in records if belongs(spec, r)]
     rep = reported(spec)
     if spec.encoder:
-        rows = spec.reproduce(records, by_id, spec.methods)
+        rows = _encoder_rows(spec, mine)
         extra = ["hardware", "record", "flags"]
         repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
         if repro.empty:
             return rep
         repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
         return pd.concat([rep, repro.astype(object)], ignore_index=True)
-    rows = [row for r in records if (row := spec.reproduce(r, by_id, spec.methods)) is not None]
+    rows = [_decoder_row(spec, r, by_id) for r in mine]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
     extra = ["delta_ppl", "model_comp_rate"] + (["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform"

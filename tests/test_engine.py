@@ -5,8 +5,9 @@ import torch
 
 from eval.data import DataSource, calibration_windows
 from conftest import real_layer_inputs
-from methods.engine import Session
-from methods.stats import HESSIAN, ACT_SQ
+from methods.core.engine import Session
+from methods.core.calibration import TokenWindows
+from methods.core.stats import HESSIAN, ACT_SQ
 
 
 def _windows(tiny, data_root, n=6, seqlen=64):
@@ -17,7 +18,7 @@ def _windows(tiny, data_root, n=6, seqlen=64):
 def test_block_walk_reproduces_the_model_forward(tiny, data_root):
     wins = _windows(tiny, data_root)
     session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-    session.capture(wins, batch_size=4)  # batches of 4 and 2
+    session.capture(TokenWindows(wins), batch_size=4)  # batches of 4 and 2
     assert [h.shape[0] for h, _ in session.inputs] == [4, 2]
     last = []
     session.walk(lambda i, block, inputs: last.append(session.forward_block(block, inputs))
@@ -37,7 +38,7 @@ def test_batched_statistics_equal_one_sample_at_a_time(tiny, data_root):
     found = {}
     for bs in (1, 6):
         session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-        session.capture(wins, batch_size=bs)
+        session.capture(TokenWindows(wins), batch_size=bs)
         inputs = session.forward_block(tiny.family.blocks(tiny.model)[0], session.inputs)
         found[bs] = session.gather(block, layers, frozenset({HESSIAN, ACT_SQ}), inputs)["mlp.down_proj"]
     assert found[1].nsamples == found[6].nsamples == 6
@@ -48,7 +49,7 @@ def test_batched_statistics_equal_one_sample_at_a_time(tiny, data_root):
 def test_shared_inputs_share_statistics_and_match_separate_sums(tiny, data_root):
     wins = _windows(tiny, data_root, n=4)
     session = Session(tiny.model, tiny.family, torch.device("cpu"), progress=False)
-    session.capture(wins, batch_size=2)
+    session.capture(TokenWindows(wins), batch_size=2)
     block = tiny.family.blocks(tiny.model)[0]
     linears = tiny.family.linears(block)
     found = session.gather(block, linears, frozenset({HESSIAN}), session.inputs)

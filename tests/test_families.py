@@ -10,9 +10,12 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, OPTConfig, Qwen2Config
 
 from eval.models import load
-from methods import engine
-from methods.arch import weight_matrix
-from methods.base import build
+from methods.core import engine
+from methods.core.apply import apply_method
+from methods.core.model_facts import measure
+from methods.core.calibration import TokenWindows
+from methods.core.arch import weight_matrix
+from methods.core.base import build
 
 CONFIGS = {
     "opt": OPTConfig(vocab_size=4096, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
@@ -41,7 +44,7 @@ def test_block_inputs_match_model_hidden_states(family_model):
     with torch.inference_mode():
         ref = lm.model(input_ids=wins, output_hidden_states=True).hidden_states
     session = engine.Session(lm.model, lm.family, torch.device("cpu"), progress=False)
-    session.capture(wins, batch_size=2)
+    session.capture(TokenWindows(wins), batch_size=2)
     seen = {}
     session.walk(lambda i, block, inputs: seen.__setitem__(i, torch.cat([h for h, _ in inputs])), desc="t")
     for i in range(len(session.blocks)):
@@ -50,10 +53,10 @@ def test_block_inputs_match_model_hidden_states(family_model):
 
 def test_sparsegpt_nm_on_every_family(family_model):
     lm = family_model
-    engine.compress(lm.model, lm.family, build("sparsegpt", sparsity="2:4"), torch.randint(0, 4096, (4, 32)),
-                    torch.device("cpu"), progress=False)
+    apply_method(build("sparsegpt", sparsity="2:4"), lm.model, lm.family, TokenWindows(torch.randint(0, 4096, (4, 32))),
+                 torch.device("cpu"), progress=False)
     for block in lm.family.blocks(lm.model):
         for name, layer in lm.family.linears(block).items():
             w = weight_matrix(layer)
             assert torch.all((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2), name
-    assert engine.linear_sparsity(lm.model, lm.family)["linear_sparsity"] == pytest.approx(0.5)
+    assert measure(lm.model, lm.family).linear_sparsity == pytest.approx(0.5)

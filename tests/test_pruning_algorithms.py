@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from conftest import correlated_inputs, real_layer_inputs
-from methods.base import build
-from methods.masks import Sparsity, nm_mask
-from methods.owl import layer_sparsities, outlier_ratio
-from methods.stats import ACT_SQ, HESSIAN, LinearStats
+from methods.core.base import build
+from methods.pruning.masks import Sparsity, nm_mask
+from methods.pruning.owl import layer_sparsities, outlier_ratio
+from methods.core.stats import ACT_SQ, HESSIAN, LinearStats
 
 
 def _layer(out_f: int, in_f: int, seed: int = 1) -> nn.Linear:

@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from conftest import correlated_inputs, real_layer_inputs
-from methods.arch import fold_scale, scale_pairs, weight_matrix
-from methods.awq import rtn, search_scale
-from methods.base import build
-from methods.gptq import gptq_quantize
-from methods.nf4 import NF4_LEVELS, nf4_quantize
-from methods.quantizer import QuantSpec, find_params, pack, quantize_weight, unpack
-from methods.smoothquant import smoothing_scales
-from methods.squeezellm import weighted_kmeans_rows
-from methods.stats import HESSIAN, LinearStats
+from methods.core.arch import fold_scale, scale_pairs, weight_matrix
+from methods.quantization.awq import rtn, search_scale
+from methods.core.base import build
+from methods.quantization.gptq import gptq_quantize
+from methods.quantization.nf4 import NF4_LEVELS, nf4_quantize
+from methods.quantization.quantizer import QuantSpec, find_params, pack, quantize_weight, unpack
+from methods.quantization.smoothquant import smoothing_scales
+from methods.quantization.squeezellm import weighted_kmeans_rows
+from methods.core.stats import HESSIAN, LinearStats
 
 
 def _direct_rtn(W: torch.Tensor, bits: int, sym: bool, granularity: str, g: int) -> torch.Tensor:

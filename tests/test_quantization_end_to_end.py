@@ -6,8 +6,8 @@ import pytest
 
 from conftest import base_config
 from eval.records import RecordStore
-from eval.runner import run
-from tables.build import TABLES, build, write
+from eval.pipeline import run
+from tables.build import TABLES, build_table, write
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_sparsegpt_then_gptq_composes(results):
 def test_table5_holds_reported_and_reproduced_rows(results, tmp_path):
     if not any(r["kind"] == "compressed" for r in RecordStore(results)):
         run(base_config(results, method="rtn", **SUBSET))
-    csv, _ = write(TABLES["table5"], build(TABLES["table5"], RecordStore(results)), tmp_path)
+    csv, _ = write(TABLES["table5"], build_table(TABLES["table5"], RecordStore(results)), tmp_path)
     table = pd.read_csv(csv)
     assert (table["source"] == "reported").sum() == 14
     repro = table[table["source"] == "reproduced"]

@@ -39,3 +39,22 @@ def test_stale_partials_are_ignored_and_cleaned(tmp_path):
     os.utime(store.dir / f"{TMP_PREFIX}x.json", (old, old))
     assert list(store) == []
     assert store.remove_partials() == 1
+
+
+def test_rates_come_from_the_typed_result():
+    from methods.core.base import CompressionResult, Kind, RateBasis
+    from methods.core.model_facts import ModelSize
+    before = ModelSize(params=1000, embedding_params=200, linear_weights=600, linear_zeros=0, per_block_sparsity=(0.0,))
+    pruned = ModelSize(1000, 200, 600, 300, (0.5,))
+    r = CompressionResult(Kind.UNSTRUCTURED, "W", before, pruned).rates(16)
+    assert r == {"comp_rate": 0.5, "model_comp_rate": 0.3}
+    # 600 weights at 4 bits plus 100 fp16 statistics, against fp16 (decoders) or fp32 (encoders)
+    q = CompressionResult(Kind.QUANTIZED, "W", before, before, stored_bits=600 * 4 + 1600, quantized_weights=600)
+    assert q.rates(16)["comp_rate"] == pytest.approx(1 - 4000 / (16 * 600))
+    assert q.rates(32)["comp_rate"] == pytest.approx(1 - 4000 / (32 * 600))
+    assert q.rates(16)["model_comp_rate"] == pytest.approx(1 - (4000 + 16 * 400) / (16 * 1000))
+    smaller = ModelSize(750, 200, 350, 0, (0.0,))
+    s = CompressionResult(Kind.STRUCTURED, "N,H", before, smaller).rates(16)
+    assert s["comp_rate"] == 0.25 and s["comp_rate_no_embeddings"] == pytest.approx(250 / 800)
+    f = CompressionResult(Kind.STRUCTURED, "N,H", before, smaller, RateBasis.FLOPS, flops_before=100, flops_after=40)
+    assert f.rates(32)["comp_rate"] == pytest.approx(0.6) and f.rates(32)["param_comp_rate"] == 0.25

@@ -7,7 +7,7 @@ import pytest
 
 from eval.data import DataMissing
 from eval.records import RecordStore
-from eval.runner import ConfigError, plan, run
+from eval.pipeline import ConfigError, plan, run
 
 
 @pytest.mark.parametrize("over, message", [
@@ -58,6 +58,9 @@ def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
     assert rec["config"]["method"] == {"name": "wanda", "sparsity": 0.5}
     assert rec["seed"] == 0 and rec["versions"]["torch"] and rec["hardware"]["device"] == "cpu"
     assert rec["timing"]["compress_s"] > 0 and rec["memory"]["compress"]["peak_rss_bytes"] > 0
+    t = rec["timing"]  # each phase under its own name; compress_s is the whole compression phase
+    assert t["compress_s"] >= t["capture_s"] + t["plan_s"] + t["blocks_s"] and t["total_s"] > t["compress_s"]
+    assert rec["compression"]["kind"] == "unstructured" and rec["role"] == "decoder" and rec["task"] == "lm"
     assert rec["compression"]["linear_sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert 0 < rec["compression"]["model_sparsity"] < rec["compression"]["linear_sparsity"]
     dense_mtime = store.path(rec["dense_id"]).stat().st_mtime_ns

@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM, OPTConfig, Qwen2Config
 from eval.data import DataSource, calibration_windows, eval_tokens
 from eval.models import load, save_compressed
 from eval.perplexity import perplexity
-from methods.base import build
-from methods.block_drop import block_influence
-from methods.engine import compress
-from methods.structure import struct_spec, unit_params, units
+from methods.core.base import build
+from methods.pruning.block_drop import block_influence
+from methods.core.apply import apply_method
+from methods.core.calibration import TokenWindows
+from methods.pruning.structure import struct_spec, unit_params, units
 
 
 def _windows(tiny, data_root, n=8, seqlen=128):
@@ -29,8 +30,8 @@ def _assert_coupled_shapes(model, family, head_dim):
         q, k, v, o = (m[n] for n in (spec.q, spec.k, spec.v, spec.o))
         assert k.out_features == v.out_features and k.out_features % head_dim == 0
         assert q.out_features == o.in_features and q.out_features % k.out_features == 0
-        outs = {m[n].out_features for n in spec.mlp_out}
-        assert outs == {m[spec.mlp_in].in_features}
+        outs = {m[n].out_features for n in spec.mlp_up}
+        assert outs == {m[spec.mlp_down].in_features}
         for attr in spec.head_attrs:
             assert getattr(block.get_submodule(spec.attn), attr) * head_dim == q.out_features
 
@@ -44,7 +45,7 @@ def test_llm_pruner_removes_coupled_groups_to_the_target(tiny_path, data_root, i
     block0 = lm.family.blocks(lm.model)[0]
     u = units(block0, struct_spec(lm.family), 64)
     head_p, chan_p = unit_params(block0, struct_spec(lm.family), u)
-    model, _ = compress(lm.model, lm.family, method, wins, torch.device("cpu"))
+    model, _ = apply_method(method, lm.model, lm.family, TokenWindows(wins), torch.device("cpu"))
     after = sum(p.numel() for p in model.parameters())
     assert abs((before - after) - round(0.2 * before)) <= max(head_p, chan_p)  # within one group
     _assert_coupled_shapes(model, lm.family, 64)
@@ -58,16 +59,16 @@ def test_magnitude_groups_keep_the_largest_units(tiny_path):
     block = lm.family.blocks(lm.model)[2]
     spec = struct_spec(lm.family)
     m = dict(block.named_modules())
-    chan = sum(m[n].weight.pow(2).sum(1) for n in spec.mlp_out) + m[spec.mlp_in].weight.pow(2).sum(0)
+    chan = sum(m[n].weight.pow(2).sum(1) for n in spec.mlp_up) + m[spec.mlp_down].weight.pow(2).sum(0)
     heads = torch.stack([sum(m[n].weight[h * 64:(h + 1) * 64].pow(2).sum() for n in (spec.q, spec.k, spec.v))
                          + m[spec.o].weight[:, h * 64:(h + 1) * 64].pow(2).sum() for h in range(4)])
-    down = m[spec.mlp_in].weight.detach().clone()
+    down = m[spec.mlp_down].weight.detach().clone()
     method = build("llm_pruner", ratio=0.2, importance="magnitude")
-    model, _ = compress(lm.model, lm.family, method, None, torch.device("cpu"))
-    n_ch = 688 - dict(lm.family.blocks(model)[2].named_modules())[spec.mlp_in].in_features
+    model, _ = apply_method(method, lm.model, lm.family, None, torch.device("cpu"))
+    n_ch = 688 - dict(lm.family.blocks(model)[2].named_modules())[spec.mlp_down].in_features
     keep = torch.sort(torch.argsort(chan, descending=True)[: 688 - n_ch]).values
     new = dict(lm.family.blocks(model)[2].named_modules())
-    assert torch.equal(new[spec.mlp_in].weight, down[:, keep])
+    assert torch.equal(new[spec.mlp_down].weight, down[:, keep])
     assert method.facts["heads_removed_per_layer"][2] == 1
     h = int(torch.argmin(heads))
     kept_q = torch.cat([m[spec.q].weight[i * 64:(i + 1) * 64] for i in range(4) if i != h])
@@ -88,8 +89,8 @@ def test_structured_pruning_on_gqa_and_opt(config, tmp_path, tiny_path):
         shutil.copy(tiny_path / f, tmp_path / f)
     lm = load(str(tmp_path))
     head_dim = config.hidden_size // config.num_attention_heads
-    model, _ = compress(lm.model, lm.family, build("llm_pruner", ratio=0.3, importance="magnitude", count_embeddings=False), None,
-                        torch.device("cpu"))
+    method = build("llm_pruner", ratio=0.3, importance="magnitude", count_embeddings=False)
+    model, _ = apply_method(method, lm.model, lm.family, None, torch.device("cpu"))
     _assert_coupled_shapes(model, lm.family, head_dim)
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=torch.randint(0, 4096, (2, 16))).logits).all()
@@ -97,8 +98,8 @@ def test_structured_pruning_on_gqa_and_opt(config, tmp_path, tiny_path):
 
 def test_pruned_model_saves_and_reloads_with_its_new_shapes(tiny_path, data_root, tmp_path):
     lm = load(str(tiny_path))
-    model, _ = compress(lm.model, lm.family, build("llm_pruner", ratio=0.2, importance="magnitude"), None,
-                        torch.device("cpu"))
+    model, _ = apply_method(build("llm_pruner", ratio=0.2, importance="magnitude"), lm.model, lm.family, None,
+                            torch.device("cpu"))
     save_compressed(model, lm.tokenizer, tmp_path / "pruned")
     assert json.loads((tmp_path / "pruned" / "compbench_shapes.json").read_text())["linears"]
     again = load(str(tmp_path / "pruned"))
@@ -118,7 +119,7 @@ def test_removing_an_identity_block_leaves_perplexity_unchanged(tiny_path, data_
     ids = eval_tokens("wikitext2", src, lm.tokenizer, 512)
     before = perplexity(lm.model, ids, 512, max_windows=20, progress=False)["ppl"]
     method = build("block_drop", n_blocks=1)
-    model, _ = compress(lm.model, lm.family, method, _windows(lm, data_root), torch.device("cpu"))
+    model, _ = apply_method(method, lm.model, lm.family, TokenWindows(_windows(lm, data_root)), torch.device("cpu"))
     assert method.dropped == [2] and method.influence[2] == pytest.approx(0.0, abs=1e-6)
     assert len(lm.family.blocks(model)) == 3 and model.config.num_hidden_layers == 3
     assert perplexity(model, ids, 512, max_windows=20, progress=False)["ppl"] == pytest.approx(before, rel=1e-5)
@@ -133,7 +134,7 @@ def test_block_influence_is_one_minus_cosine():
 def test_structured_pruning_refuses_unknown_families(make_config, tmp_path):
     from transformers import GPT2Config
 
-    from eval.runner import ConfigError, plan
+    from eval.pipeline import ConfigError, plan
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
         tmp_path, safe_serialization=True)
     with pytest.raises(ConfigError, match=r"structured pruning knows .*'llama', 'opt'.* not 'gpt2'"):
@@ -188,7 +189,7 @@ def test_lm_eval_bridge_scores_a_local_task_like_a_direct_computation(tiny, data
 
 
 def test_offline_standard_tasks_fail_plainly(make_config):
-    from eval.runner import ConfigError, plan
+    from eval.pipeline import ConfigError, plan
     with pytest.raises(ConfigError, match=r"need lm-eval to download their datasets.*include_path"):
         plan(make_config(**{"eval.zeroshot.tasks": "[boolq]"}))
 
@@ -197,8 +198,8 @@ def test_offline_standard_tasks_fail_plainly(make_config):
 def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(tmp_path):
     from conftest import base_config
     from eval.records import RecordStore
-    from eval.runner import run
-    from tables.build import TABLES, build
+    from eval.pipeline import run
+    from tables.build import TABLES, build_table
 
     results = tmp_path / "results"
     subset = {"eval.max_windows": 100, "calib.nsamples": 16}
@@ -211,8 +212,14 @@ def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(tmp_path)
     assert taylor["compression"]["comp_rate"] == pytest.approx(0.2, abs=0.001)
     assert taylor["compression"]["comp_rate_no_embeddings"] > taylor["compression"]["comp_rate"]
     assert dropped["compression"]["params_after"] < dropped["compression"]["params_before"]
-    table = build(TABLES["table3"], RecordStore(results))
+    table = build_table(TABLES["table3"], RecordStore(results))
     repro = table[table["source"] == "reproduced"].set_index("method")
     assert repro.loc["LLM-Pruner", "granularity"] == "N,H"
     assert repro.loc["Magnitude (N,H)", "ppl_compressed"] == pytest.approx(ppl(magnitude))
     assert repro.loc["Block drop (BI)", "granularity"] == "L"
+    # physically smaller decoders get a measured speedup (dense over pruned forward time, same process)
+    for rec, label in ((taylor, "LLM-Pruner"), (dropped, "Block drop (BI)")):
+        assert rec["speedup"]["value"] == pytest.approx(rec["timing"]["dense_forward_s"] / rec["timing"]["forward_s"])
+        assert repro.loc[label, "speedup"] == round(rec["speedup"]["value"], 2) > 0
+    # the whole compression phase is timed under its own name, its parts under theirs
+    assert taylor["timing"]["compress_s"] > 0 and taylor["timing"]["total_s"] > taylor["timing"]["compress_s"]

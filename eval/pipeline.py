@@ -1,0 +1,206 @@
+"""One run, for every task and every kind of method:
+
+  plan      validate everything that needs no weights (method, task, model family, rates)
+  load      the model the task scores (a causal LM, or the task's fine-tuned encoder)
+  baseline  the dense model is evaluated once per model, task and protocol, then reused
+  calibrate the task's calibration data (token windows, or task batches)
+  compress  the method, applied by its kind (layer-wise, whole-model, trained)
+  evaluate  the task's metrics, and the forward-time speedup of a physically smaller model
+  write     one record, atomically; a run whose record exists is skipped
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from eval import provenance
+from eval.records import RecordStore, record_id
+from eval.tasks.base import Evaluation, Loaded, Task, build_task
+from methods.core import base as methods_base
+from methods.core.apply import apply_method
+from methods.core.base import CompressionResult, Kind, Method, TrainedMethod
+from methods.core.model_facts import measure
+
+log = logging.getLogger("compbench")
+
+
+class ConfigError(ValueError):
+    """Bad input, reported before any work starts."""
+
+
+@dataclass
+class RunPlan:
+    cfg: dict[str, Any]
+    task: Task
+    method: Method
+    device: torch.device
+    identity: dict[str, Any]
+    dense_identity: dict[str, Any]
+
+    @property
+    def rid(self) -> str:
+        return record_id(self.identity)
+
+    @property
+    def dense_rid(self) -> str:
+        return record_id(self.dense_identity)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.rid == self.dense_rid
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but no CUDA device is available; use device=cpu")
+    return dev
+
+
+def plan(cfg: dict[str, Any]) -> RunPlan:
+    """Check everything that can be checked without loading weights or data."""
+    cfg = copy.deepcopy(cfg)
+    mcfg = dict(cfg["method"])
+    name = mcfg.pop("name")
+    try:
+        method = methods_base.build(name, **mcfg)
+        task = build_task(cfg)
+        if method.needs_calibration:
+            task.check_calibration()
+        device = resolve_device(cfg["device"])
+        task.prepare()
+        if method.needs_calibration and task.calibration_type not in method.accepts:
+            raise ValueError(f"method '{name}' calibrates on {' or '.join(t.__name__ for t in method.accepts)}, "
+                             f"and task '{task.name}' gives {task.calibration_type.__name__}; "
+                             f"pick a {'decoder' if task.role == 'encoder' else 'encoder'} task for it")
+        if isinstance(method, TrainedMethod):
+            raise ValueError(f"method '{name}' trains the model, and the harness has no trainer yet")
+        method.check_model(task.meta_linears(), task.family)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    dense_identity = task.dense_identity(device)
+    identity = dense_identity
+    if name != "dense":
+        identity = {**dense_identity, "method": cfg["method"], "seed": cfg["seed"]}
+        calib = task.calib_identity(method.needs_calibration)
+        if calib is not None:
+            identity["calib"] = calib
+    return RunPlan(cfg, task, method, device, identity, dense_identity)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def forward_seconds(model: torch.nn.Module, batches: list[dict], device: torch.device, repeats: int = 3) -> float:
+    """Median wall time of one pass of forwards over `batches`: the basis of measured speedups
+    (a physically smaller model runs fewer FLOPs; fake-quantized weights are not faster)."""
+    model.eval()
+    times = []
+    for _ in range(repeats):
+        with provenance.Timer() as t:
+            for b in batches:
+                model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        times.append(t.seconds)
+    return sorted(times)[len(times) // 2]
+
+
+def _record(p: RunPlan, identity: dict, rid: str, ev: Evaluation, extra: dict) -> dict[str, Any]:
+    return {
+        "id": rid, "identity": identity, "config": p.cfg, "task": p.task.name, "role": p.task.role,
+        "metrics": ev.metrics, "flags": ev.flags, "seed": p.cfg["seed"], "seqlen": p.task.seqlen,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": provenance.versions(), "git_commit": provenance.git_commit(),
+        "hardware": provenance.hardware(p.device), **extra,
+    }
+
+
+def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: float) -> None:
+    """Evaluate and record the dense model (once per model, task and protocol)."""
+    before = measure(loaded.model, loaded.family)
+    with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
+        ev = p.task.evaluate(loaded, p.device, "dense")
+    forward_s = forward_seconds(loaded.model, p.task.timing_batches(loaded), p.device)
+    result = CompressionResult(Kind.DENSE, "", before, before)
+    store.write(_record(p, p.dense_identity, p.dense_rid, ev, {
+        "kind": "dense", **loaded.record_extra, "headline": ev.headline,
+        "compression": result.to_record(p.task.bit_base),
+        "timing": {"load_s": load_s, "eval_s": t_eval.seconds, "forward_s": forward_s},
+        "memory": {"eval": mem.report()}}))
+    log.info("dense baseline recorded as %s", p.dense_rid)
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Execute one run described by a resolved config dict; returns its record."""
+    t_start = time.perf_counter()
+    p = plan(cfg)
+    store = RecordStore(p.cfg["paths"]["results"])
+    store.remove_partials()
+    force = p.cfg.get("force", False)
+    if store.exists(p.rid) and not force:
+        log.info("record %s exists: skipping (force=true to redo)", p.rid)
+        return store.load(p.rid)
+
+    seed_everything(p.cfg["seed"])
+    offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
+    with provenance.Timer() as t_load:
+        loaded = p.task.load("cpu" if offload else p.device)
+    if not store.exists(p.dense_rid) or (force and p.is_dense):
+        _dense_baseline(p, store, loaded, t_load.seconds)
+        if offload:
+            loaded.model.to("cpu")
+    if p.is_dense:
+        return store.load(p.rid)
+
+    method = p.method
+    timing_batches = p.task.timing_batches(loaded) if method.physical else None
+    dense_forward_s = forward_seconds(loaded.model, timing_batches, p.device) \
+        if timing_batches is not None and not offload else None
+    with provenance.Timer() as t_calib:
+        calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
+    before = measure(loaded.model, loaded.family)
+    with provenance.PeakMemory(p.device) as mem_c, provenance.Timer() as t_comp:
+        loaded.model, phases = apply_method(method, loaded.model, loaded.family, calib, p.device,
+                                            p.cfg["engine"]["batch_size"], p.cfg.get("progress", True))
+    after = measure(loaded.model, loaded.family)
+    result = method.result(before, after)
+    with provenance.PeakMemory(p.device) as mem_e, provenance.Timer() as t_eval:
+        ev = p.task.evaluate(loaded, p.device, method.name)
+    timing = {"load_s": t_load.seconds, "calib_data_s": t_calib.seconds, **phases, "compress_s": t_comp.seconds,
+              "eval_s": t_eval.seconds}
+    extra: dict[str, Any] = {}
+    if dense_forward_s is not None and after.params < before.params:
+        timing.update(dense_forward_s=dense_forward_s,
+                      forward_s=forward_seconds(loaded.model, timing_batches, p.device))
+        extra["speedup"] = {"value": dense_forward_s / timing["forward_s"], "device": provenance.hardware(p.device)["name"],
+                            "basis": "dense forward time / compressed forward time, same process",
+                            "batches": len(timing_batches), "tokens": sum(int(b["input_ids"].numel())
+                                                                          for b in timing_batches)}
+    dense = store.load(p.dense_rid)
+    if ev.headline is not None and dense.get("headline") is not None:
+        extra["delta"] = ev.headline - dense["headline"]
+    if p.cfg.get("save_dir"):
+        from eval.models import save_compressed
+        extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
+    timing["total_s"] = time.perf_counter() - t_start
+    record = _record(p, p.identity, p.rid, ev, {
+        "kind": "compressed", "dense_id": p.dense_rid, **loaded.record_extra, "headline": ev.headline, **extra,
+        "compression": result.to_record(p.task.bit_base), "timing": timing,
+        "memory": {"compress": mem_c.report(), "eval": mem_e.report()}})
+    store.write(record)
+    log.info("record %s written", p.rid)
+    return record
+

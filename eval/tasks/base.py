@@ -1,0 +1,125 @@
+"""The task interface: what a run is scored on, and everything task-specific in its lifecycle.
+
+A task is a small object built from the resolved run config. It knows the model class it loads,
+the calibration batches it gives methods, how it evaluates (metrics and a headline number), the
+identity of its dense baseline, and the bit base that rates count against (16 for decoders, 32
+for encoders, as the survey does). Adding a task means one module under eval/tasks/ (registered
+with `@register_task`) plus one config file under conf/task/.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from eval.data import DataSource
+from methods.core.arch import Family
+from methods.core.calibration import CalibrationData
+
+
+@dataclass
+class Loaded:
+    """A model ready for a run, with what the task needs beside it."""
+
+    model: nn.Module
+    tokenizer: Any
+    family: Family
+    record_extra: dict[str, Any] = field(default_factory=dict)  # e.g. the fine-tuned baseline's path
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    headline: float | None = None  # the survey's per-task figure (None: perplexity tables read metrics)
+
+    @property
+    def flags(self) -> list[str]:
+        return sorted({f"{ds}:{f}" for ds, m in self.metrics.items() if isinstance(m, dict)
+                       for f in m.get("flags", [])})
+
+
+class Task:
+    name: ClassVar[str]
+    role: ClassVar[str]            # "decoder" | "encoder": which survey tables its records feed
+    bit_base: ClassVar[int]        # rates count stored bits against this many bits per weight
+    calibration_type: ClassVar[type]
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.data = DataSource.from_config(cfg["paths"]["data_root"], cfg.get("offline"))
+        self.family: Family | None = None
+        self.seqlen: int = 0
+
+    def model_class(self):
+        """The transformers auto class the task's model loads as."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Every check that needs no weights: the model's family fits the task, settings are valid."""
+        raise NotImplementedError
+
+    def check_calibration(self) -> None:
+        """Raise ValueError if the calibration settings cannot give data (methods that need some)."""
+
+    def meta_linears(self) -> dict[str, nn.Module]:
+        """The block linears with shapes only, for `method.check_model` before loading."""
+        return {}
+
+    def dense_identity(self, device: torch.device) -> dict[str, Any]:
+        """What identifies the dense baseline (its record id is a hash of this)."""
+        raise NotImplementedError
+
+    def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
+        """What identifies a compressed run's calibration data (None: not part of the identity)."""
+        raise NotImplementedError
+
+    def load(self, device: torch.device | str) -> Loaded:
+        raise NotImplementedError
+
+    def calibration(self, loaded: Loaded, seed: int) -> CalibrationData:
+        raise NotImplementedError
+
+    def training_data(self, loaded: Loaded, batch_size: int, seed: int) -> CalibrationData:
+        """The data a trained method may fit on: the task's training split, never its test data."""
+        raise NotImplementedError
+
+    def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
+        """Fixed model inputs on which forward time is measured (dense vs compressed)."""
+        raise NotImplementedError
+
+    def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
+        raise NotImplementedError
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+    return deco
+
+
+def _import_all() -> None:
+    import eval.tasks
+    for info in pkgutil.iter_modules(eval.tasks.__path__):
+        importlib.import_module(f"eval.tasks.{info.name}")
+
+
+def task_names() -> list[str]:
+    _import_all()
+    return sorted(_TASKS)
+
+
+def build_task(cfg: dict[str, Any]) -> Task:
+    _import_all()
+    name = cfg["task"]["name"]
+    if name not in _TASKS:
+        raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name](cfg)

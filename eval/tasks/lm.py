@@ -1,0 +1,112 @@
+"""`lm`: a causal LM scored by GPTQ-protocol perplexity on WikiText-2 / C4 (the `eval` group),
+plus the optional lm-eval zero-shot suite; calibrated on token windows sampled the GPTQ way."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from eval import data as data_mod
+from eval import models
+from eval.perplexity import perplexity
+from eval.tasks.base import Evaluation, Loaded, Task, register_task
+from methods.core.calibration import TokenWindows
+
+log = logging.getLogger("compbench")
+TIMING_WINDOWS = 8  # windows of the first evaluation stream timed per forward pass
+
+
+@register_task("lm")
+class LanguageModelling(Task):
+    role = "decoder"
+    bit_base = 16
+    calibration_type = TokenWindows
+
+    def model_class(self):
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM
+
+    def prepare(self) -> None:
+        ecfg, mc = self.cfg["eval"], self.cfg["model"]
+        for ds in ecfg["datasets"]:
+            if ds not in data_mod.EVAL_DATASETS:
+                raise ValueError(f"unknown evaluation dataset '{ds}'; known: {', '.join(data_mod.EVAL_DATASETS)}")
+        models.resolve_dtype(mc["dtype"])
+        _, self.family, self.hf_config = models.model_family(mc["path"], mc.get("trust_remote_code", False))
+        if self.family.name == "bert":
+            raise ValueError(f"model '{mc['path']}' is an encoder: perplexity runs need a causal LM "
+                             f"(encoders are scored on MNLI / QQP / SQuAD)")
+        self.seqlen = mc.get("seqlen") or models.default_seqlen(self.hf_config)
+        zs = ecfg.get("zeroshot") or {}
+        if zs.get("tasks") and self.data.offline and not zs.get("include_path"):
+            raise ValueError(f"zero-shot tasks {zs['tasks']} need lm-eval to download their datasets, and the Hub "
+                             f"is off (offline mode). Run online, or give local task YAMLs via "
+                             f"eval.zeroshot.include_path.")
+
+    def check_calibration(self) -> None:
+        if self.cfg["calib"]["source"] not in data_mod.CALIB_SOURCES:
+            raise ValueError(f"unknown calibration source '{self.cfg['calib']['source']}'; "
+                             f"known: {', '.join(data_mod.CALIB_SOURCES)}")
+
+    def meta_linears(self) -> dict[str, nn.Module]:
+        from transformers import AutoModelForCausalLM
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.hf_config)
+        return {f"{i}.{n}": m for i, block in enumerate(self.family.blocks(model))
+                for n, m in self.family.linears(block).items()}
+
+    def dense_identity(self, device: torch.device) -> dict[str, Any]:
+        return {"model": {**self.cfg["model"], "seqlen": self.seqlen}, "method": {"name": "dense"},
+                "eval": self.cfg["eval"], "device": str(device)}
+
+    def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
+        return {**self.cfg["calib"], "seqlen": self.seqlen} if needs_calibration else None
+
+    def load(self, device: torch.device | str) -> Loaded:
+        mc = self.cfg["model"]
+        lm = models.load(mc["path"], mc["dtype"], device, self.seqlen, mc.get("trust_remote_code", False))
+        return Loaded(lm.model, lm.tokenizer, lm.family)
+
+    def calibration(self, loaded: Loaded, seed: int) -> TokenWindows:
+        c = self.cfg["calib"]
+        return TokenWindows(data_mod.calibration_windows(
+            c["source"], self.data, loaded.tokenizer, c["nsamples"], self.seqlen, seed,
+            path=c.get("path"), join=c.get("join", "\n\n")))
+
+    def training_data(self, loaded: Loaded, batch_size: int, seed: int) -> TokenWindows:
+        """Non-overlapping windows of the calibration text (offline: the WikiText-2 valid text),
+        shuffled with `seed`; C4 (a document per window) draws as many windows as calib.nsamples."""
+        c = self.cfg["calib"]
+        if c["source"] == "c4":
+            return self.calibration(loaded, seed)
+        ids = data_mod.calibration_stream(c["source"], self.data, loaded.tokenizer, path=c.get("path"),
+                                          join=c.get("join", "\n\n"))
+        n = ids.numel() // self.seqlen
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return TokenWindows(ids[: n * self.seqlen].view(n, self.seqlen)[order])
+
+    def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
+        ids = data_mod.eval_tokens(self.cfg["eval"]["datasets"][0], self.data, loaded.tokenizer, self.seqlen)
+        n = min(TIMING_WINDOWS, ids.numel() // self.seqlen)
+        wins = ids[: n * self.seqlen].view(n, self.seqlen)
+        bs = self.cfg["eval"]["batch_size"]
+        return [{"input_ids": wins[i:i + bs], "use_cache": False} for i in range(0, n, bs)]
+
+    def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
+        ecfg = self.cfg["eval"]
+        loaded.model.to(device)
+        out: dict[str, Any] = {}
+        for ds in ecfg["datasets"]:
+            ids = data_mod.eval_tokens(ds, self.data, loaded.tokenizer, self.seqlen)
+            out[ds] = perplexity(loaded.model, ids, self.seqlen, ecfg["batch_size"], ecfg.get("max_windows"),
+                                 device, progress=self.cfg.get("progress", True), desc=f"{label}:{ds}")
+            log.info("%s %s ppl %.4f (%d windows)", label, ds, out[ds]["ppl"], out[ds]["windows"])
+        zs = ecfg.get("zeroshot") or {}
+        if zs.get("tasks"):
+            from eval.zeroshot import zeroshot
+            out["lm_eval"] = zeroshot(loaded.model, loaded.tokenizer, zs["tasks"], zs.get("batch_size", 8),
+                                      zs.get("limit"), zs.get("include_path"), str(device), self.cfg["seed"])
+            log.info("%s lm-eval %s", label, out["lm_eval"])
+        return Evaluation(out)

@@ -1,0 +1,120 @@
+"""Model families the sequential engine knows: where the blocks are, which linears they hold,
+and in which order GPTQ's `true_sequential` mode compresses them."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    blocks_attr: str
+    # Linear names inside one block, grouped in GPTQ's true-sequential order.
+    sequential: tuple[tuple[str, ...], ...]
+    # (previous op, linears reading its output): a per-channel scale can move from the linears'
+    # inputs into the previous op exactly (a norm's affine weight, or a linear's output rows,
+    # through an elementwise product or a positively homogeneous activation). The first entries
+    # are the norms SmoothQuant uses; AWQ uses all that fit.
+    scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The block list; `blocks_attr` may name several paths (e.g. a bare encoder vs a task head)."""
+        for path in self.blocks_attr.split("|"):
+            try:
+                return operator.attrgetter(path)(model)
+            except AttributeError:
+                continue
+        raise UnsupportedModel(f"no blocks at {self.blocks_attr} in {type(model).__name__}")
+
+    def linears(self, block: nn.Module) -> dict[str, nn.Module]:
+        """The block's compressible linears, in true-sequential order."""
+        mods = dict(block.named_modules())
+        return {name: mods[name] for group in self.sequential for name in group}
+
+
+_LLAMA_LIKE = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+               ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("llama", ("llama", "mistral", "qwen2"), "model.layers", _LLAMA_LIKE,
+           (("input_layernorm", _LLAMA_LIKE[0]), ("post_attention_layernorm", _LLAMA_LIKE[2]),
+            ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",)))),
+    Family("opt", ("opt",), "model.decoder.layers",
+           (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
+            ("fc1",), ("fc2",)),
+           (("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("final_layer_norm", ("fc1",)), ("self_attn.v_proj", ("self_attn.out_proj",)),
+            ("fc1", ("fc2",)))),  # OPT's ReLU is positively homogeneous
+    Family("gpt2", ("gpt2",), "transformer.h",
+           (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
+           (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",)))),
+    Family("bert", ("bert", "roberta"), "bert.encoder.layer|roberta.encoder.layer|encoder.layer",
+           (("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
+            ("intermediate.dense",), ("output.dense",))),
+    Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
+           (("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
+            ("mlp.dense_4h_to_h",)),
+           (("input_layernorm", ("attention.query_key_value",)),
+            ("post_attention_layernorm", ("mlp.dense_h_to_4h",)))),
+)}
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def family_of(model_type: str) -> Family:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise UnsupportedModel(
+        f"model_type '{model_type}' is not a family the engine knows ({', '.join(known)}); "
+        f"add a Family entry in methods/core/arch.py naming its blocks and linears")
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as an (out_features, in_features) view; GPT-2's Conv1D stores it transposed."""
+    w = module.weight.data
+    return w.t() if isinstance(module, Conv1D) else w
+
+
+def in_features(module: nn.Module) -> int:
+    return weight_matrix(module).shape[1]
+
+
+@torch.no_grad()
+def fold_scale(block: nn.Module, prev: str, linears: tuple[str, ...], s: torch.Tensor) -> None:
+    """Divide the previous op's output channels by s and multiply the linears' input columns by s:
+    the block computes the same function (up to rounding), with the linears' inputs scaled by 1/s."""
+    mods = dict(block.named_modules())
+    op = mods[prev]
+    if op.weight.dim() == 1:  # LayerNorm / RMSNorm affine weight (and bias)
+        op.weight.div_(s.to(op.weight.dtype))
+    else:
+        weight_matrix(op).div_(s.to(op.weight.dtype).unsqueeze(1))
+    if getattr(op, "bias", None) is not None:
+        op.bias.div_(s.to(op.bias.dtype))
+    for name in linears:
+        weight_matrix(mods[name]).mul_(s.to(mods[name].weight.dtype).unsqueeze(0))
+
+
+def scale_pairs(family: Family, block: nn.Module, norms_only: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+    """The family's scale pairs whose shapes agree in this block (v_proj -> o_proj fails under GQA)."""
+    mods = dict(block.named_modules())
+    out = []
+    for prev, linears in family.scale_pairs:
+        op = mods[prev]
+        is_norm = op.weight.dim() == 1
+        if norms_only and not is_norm:
+            continue
+        width = op.weight.shape[0] if is_norm else weight_matrix(op).shape[0]
+        if all(in_features(mods[n]) == width for n in linears):
+            out.append((prev, linears))
+    return out

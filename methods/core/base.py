@@ -1,0 +1,261 @@
+"""The method interface, its three kinds, what a method reports, and the registry.
+
+A method is one module under methods/ (any sub-folder) plus one config file under conf/method/,
+registered by name with `@register`. Its kind says how the pipeline applies it:
+
+- `LayerwiseMethod`: through the sequential engine, block by block (`compress_block` / `compress`).
+- `ModelMethod`: the whole model at once, with calibration data (`compress_model`).
+- `TrainedMethod`: given a trainer, the task's training batches and the dense model as teacher.
+
+Every method describes its result as a `CompressionResult` (what it did, what it stored), from
+which the pipeline computes the survey's rates, and carries its table metadata (`TableRow`).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from methods.core.arch import weight_matrix
+from methods.core.calibration import CalibrationData, InputBatches, TokenWindows
+from methods.core.model_facts import ModelSize
+from methods.core.stats import LinearStats
+
+
+class Kind(str, Enum):
+    """What a compression did to the model (drives rates and table routing)."""
+
+    DENSE = "dense"
+    UNSTRUCTURED = "unstructured"
+    NM = "n:m"
+    STRUCTURED = "structured"
+    QUANTIZED = "quantized"
+    DISTILLED = "distilled"
+    LOW_RANK = "low_rank"
+    ADAPTOR = "adaptor"
+
+
+PRUNING_KINDS = frozenset({Kind.UNSTRUCTURED, Kind.NM, Kind.STRUCTURED})
+
+
+class RateBasis(str, Enum):
+    MEMORY = "memory"   # parameters or stored bits
+    FLOPS = "flops"     # encoder FLOPs at a fixed sequence length
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """How a method appears in one survey table: its label, the survey's reference number, and its
+    granularity (structured pruning: L, N, H, …) or uniform/non-uniform flag (quantization)."""
+
+    label: str
+    ref: str = ""
+    granularity: str | None = None
+    uniform: str = ""
+    cost: str = "low"
+
+
+@dataclass
+class CompressionResult:
+    """What a method did, measured on the model before and after, and what it stores."""
+
+    kind: Kind
+    granularity: str
+    before: ModelSize
+    after: ModelSize
+    rate_basis: RateBasis = RateBasis.MEMORY
+    stored_bits: float | None = None       # quantized: codes + statistics + anything kept aside
+    quantized_weights: int | None = None
+    flops_before: int | None = None        # rate_basis FLOPS
+    flops_after: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def rates(self, bit_base: int) -> dict[str, Any]:
+        """The survey's rates. Pruning: the zero fraction of the compressed linears (and of the
+        whole model); structured: the fraction of parameters removed (or of FLOPs); quantization:
+        1 - stored bits / (bit_base x weights) over the linears, and over the model with everything
+        else at bit_base (the survey counts decoders against fp16, encoders against fp32)."""
+        b, a = self.before, self.after
+        if self.kind == Kind.QUANTIZED:
+            stored, weights, params = self.stored_bits, self.quantized_weights, a.params
+            return {"comp_rate": 1 - stored / (bit_base * weights),
+                    "model_comp_rate": 1 - (stored + bit_base * (params - weights)) / (bit_base * params),
+                    "rate_base_bits": bit_base}
+        if self.kind in (Kind.UNSTRUCTURED, Kind.NM):
+            return {"comp_rate": a.linear_sparsity, "model_comp_rate": a.model_sparsity}
+        if self.kind == Kind.DENSE:
+            return {"comp_rate": 0.0, "model_comp_rate": 0.0}
+        removed = b.params - a.params
+        out = {"param_comp_rate": removed / b.params, "model_comp_rate": removed / b.params,
+               "comp_rate_no_embeddings": removed / (b.params - b.embedding_params) if b.embedding_params else None}
+        if self.rate_basis == RateBasis.FLOPS:
+            out["comp_rate"] = 1 - self.flops_after / self.flops_before
+        else:
+            out["comp_rate"] = removed / b.params
+        return out
+
+    def to_record(self, bit_base: int) -> dict[str, Any]:
+        a = self.after
+        out: dict[str, Any] = {
+            **self.facts, "kind": self.kind.value, "granularity": self.granularity,
+            "rate_basis": self.rate_basis.value, "params_before": self.before.params, "params_after": a.params,
+            "embedding_params": self.before.embedding_params, "model_params": a.params,
+            "linear_weights": a.linear_weights, "linear_sparsity": a.linear_sparsity,
+            "model_sparsity": a.model_sparsity, "per_block_sparsity": a.per_block_sparsity}
+        if self.stored_bits is not None:
+            out.update(stored_bits=self.stored_bits, quantized_weights=self.quantized_weights)
+        if self.flops_before is not None:
+            out.update(flops_before=self.flops_before, flops_after=self.flops_after)
+        return {**out, **self.rates(bit_base)}
+
+
+class Method:
+    """What every method has: a name, table metadata, checks before work, and its result.
+
+    `accepts` lists the calibration types the method can use (token windows of a causal LM, or
+    batches of task inputs with targets); `needs_calibration` whether it needs any.
+    `physical`: the compressed model is physically smaller, so its forward speedup is measured.
+    """
+
+    name: ClassVar[str]
+    accepts: ClassVar[tuple[type, ...]] = (TokenWindows, InputBatches)
+    physical: ClassVar[bool] = False
+    rows: ClassVar[Mapping[str, TableRow]] = {}  # table key -> how the method appears there
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+    def check_model(self, linears: Mapping[str, nn.Module], family=None) -> None:
+        """Raise ValueError if the model's linears cannot take this method (before any work)."""
+
+    def table_row(self, table: str) -> TableRow | None:
+        """This configuration's row metadata in `table` (None: the method declares none there)."""
+        return self.rows.get(table)
+
+    @property
+    def label(self) -> str:
+        """The method's label in any table, else its registered name."""
+        return next(iter(self.rows.values())).label if self.rows else self.name
+
+    def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific facts for the run record."""
+        return {}
+
+
+class LayerwiseMethod(Method):
+    """Applied by the sequential engine one block at a time (methods/core/engine.py).
+
+    `stats` names the calibration statistics `compress` needs (empty: no calibration data);
+    `true_sequential` re-gathers statistics after each group of linears; `plans`: `plan` needs a
+    calibration pass before compression; `propagate_compressed=False`: the next block's inputs
+    come from the block before compression (AWQ)."""
+
+    stats: ClassVar[frozenset[str]] = frozenset()
+    true_sequential: bool = False
+    plans: ClassVar[bool] = False
+    propagate_compressed: ClassVar[bool] = True
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.stats) or self.plans
+
+    def plan(self, session) -> None:
+        """Optional pass before compression (e.g. OWL's layer-wise sparsities); see engine.Session."""
+
+    def compress_block(self, session, block_index: int, block: nn.Module, inputs) -> None:
+        """Compress one block's linears. Default: gather `stats` (after each true-sequential
+        group, or once for the whole block) and call `compress` for each linear."""
+        linears = session.family.linears(block)
+        groups = session.family.sequential if self.true_sequential else (tuple(linears),)
+        for group in groups:
+            layers = {name: linears[name] for name in group}
+            found = session.gather(block, layers, self.stats, inputs) if self.stats else {}
+            for name, layer in layers.items():
+                self.compress(block_index, name, layer, found.get(name))
+
+    def compress(self, block_index: int, name: str, layer: nn.Module, stats: LinearStats | None) -> None:
+        raise NotImplementedError
+
+
+class ModelMethod(Method):
+    """Works on the whole model at once (gradients, block removal, head/neuron masks)."""
+
+    def compress_model(self, model: nn.Module, family, calib: CalibrationData | None, device: torch.device,
+                       batch_size: int = 8) -> nn.Module:
+        """Compress `model` (in place, or return a new module)."""
+        raise NotImplementedError
+
+
+class Trainer(Protocol):
+    """The shared training loop (issue 11): fits `model` on batches under a loss of
+    (student outputs, teacher outputs, batch)."""
+
+    def fit(self, model: nn.Module, batches, loss: Callable, teacher: nn.Module | None = None) -> dict[str, Any]:
+        ...
+
+
+@dataclass
+class TrainingInputs:
+    """What a trained method gets: the trainer, the task's training batches, the frozen teacher."""
+
+    trainer: Trainer
+    batches: InputBatches | TokenWindows
+    teacher: nn.Module
+
+
+class TrainedMethod(Method):
+    """Compresses with training (distillation, QAT, adaptors, gradual pruning)."""
+
+    def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method name '{name}' registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def _import_all() -> None:
+    """Import every module under methods/, sub-folders included (recursive discovery)."""
+    import methods
+    for info in pkgutil.walk_packages(methods.__path__, prefix="methods."):
+        importlib.import_module(info.name)
+
+
+def registry() -> dict[str, type[Method]]:
+    _import_all()
+    return dict(_REGISTRY)
+
+
+def build(name: str, **knobs: Any) -> Method:
+    """Instantiate the method registered as `name` with its config knobs."""
+    _import_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name](**knobs)
+    except TypeError as err:
+        raise ValueError(f"method '{name}': bad settings {sorted(knobs)} ({err})") from None
+
+
+@torch.no_grad()
+def apply_mask(layer: nn.Module, mask: torch.Tensor) -> None:
+    """Zero the masked entries of the layer's (out, in) weight."""
+    weight_matrix(layer)[mask] = 0

@@ -1,0 +1,56 @@
+"""Calibration data, one type per kind of model input, and the model-input keys.
+
+- `TokenWindows`: token windows of a causal LM, (n, seqlen), sampled the GPTQ way.
+- `InputBatches`: ready batches of task inputs with their targets (encoders: ids, masks, token
+  types, answer positions or labels).
+Both hand the engine the same thing: batches of keyword arguments for the model's forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """The model's forward arguments from a task batch (targets dropped), optionally moved."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """Calibration windows of a causal LM, shape (n, seqlen)."""
+
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def forward_batches(self, batch_size: int) -> list[dict[str, Any]]:
+        return [{"input_ids": self.ids[i:i + batch_size], "use_cache": False}
+                for i in range(0, self.ids.shape[0], batch_size)]
+
+
+@dataclass(frozen=True)
+class InputBatches:
+    """Batches of task inputs with targets (already batched by the task)."""
+
+    batches: list[dict[str, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return sum(next(iter(b.values())).shape[0] for b in self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __getitem__(self, i):
+        return self.batches[i]
+
+    def forward_batches(self, batch_size: int | None = None) -> list[dict[str, Any]]:
+        return [model_inputs(b) for b in self.batches]
+
+
+CalibrationData = Union[TokenWindows, InputBatches]

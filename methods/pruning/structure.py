@@ -1,0 +1,155 @@
+"""Coupled structures of a decoder block and their physical removal.
+
+A *head unit* is one key/value head with the query heads that read it (one head without GQA):
+its rows of q, k and v and its columns of o. A *channel unit* is one MLP hidden channel: its
+row of every up-projection (gate and up, or fc1) and its column of the down-projection.
+Removing a unit slices every coupled matrix at once, so the block keeps working, smaller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.core.arch import Family, UnsupportedModel
+
+
+@dataclass(frozen=True)
+class StructSpec:
+    attn: str
+    q: str
+    k: str
+    v: str
+    o: str
+    mlp_up: tuple[str, ...]   # the MLP's up-projections (gate and up, or fc1): one row per channel
+    mlp_down: str             # the MLP's down-projection: one column per channel
+    head_attrs: tuple[str, ...] = ()  # attention attributes holding the head count (OPT: num_heads)
+
+
+STRUCTS = {
+    "llama": StructSpec("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    "opt": StructSpec("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                      ("fc1",), "fc2", ("num_heads",)),
+    "bert": StructSpec("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
+                       "attention.output.dense", ("intermediate.dense",), "output.dense", ("num_attention_heads",)),
+}
+
+
+def struct_spec(family: Family) -> StructSpec:
+    if family.name not in STRUCTS:
+        raise UnsupportedModel(f"structured pruning knows the coupled structures of {sorted(STRUCTS)} blocks, "
+                               f"not '{family.name}'; add a StructSpec in methods/pruning/structure.py")
+    return STRUCTS[family.name]
+
+
+@dataclass
+class Units:
+    """Index ranges of every unit inside a block's matrices."""
+
+    head_dim: int
+    q_per_unit: int     # q heads per kv head
+    n_heads: int        # kv-head units
+    n_channels: int
+
+    def q_rows(self, u: int) -> range:
+        w = self.q_per_unit * self.head_dim
+        return range(u * w, (u + 1) * w)
+
+    def kv_rows(self, u: int) -> range:
+        return range(u * self.head_dim, (u + 1) * self.head_dim)
+
+
+def units(block: nn.Module, spec: StructSpec, head_dim: int) -> Units:
+    mods = dict(block.named_modules())
+    q_out, kv_out = mods[spec.q].out_features, mods[spec.k].out_features
+    n_kv = kv_out // head_dim
+    # a block whose heads were all removed keeps q_per_unit 1 (it has no head units left)
+    return Units(head_dim, q_out // kv_out if kv_out else 1, n_kv, mods[spec.mlp_down].in_features)
+
+
+def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
+    w = layer.weight.data
+    if rows is not None:
+        w = w[rows]
+    if cols is not None:
+        w = w[:, cols]
+    new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(w)
+    if layer.bias is not None:
+        new.bias.data.copy_(layer.bias.data[rows] if rows is not None else layer.bias.data)
+    return new
+
+
+def _replace(block: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, leaf, new)
+
+
+@torch.no_grad()
+def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[int], drop_channels: list[int]) -> None:
+    """Physically remove the given head and channel units from one block."""
+    mods = dict(block.named_modules())
+    dev = mods[spec.q].weight.device
+    if drop_heads:
+        keep = [h for h in range(u.n_heads) if h not in set(drop_heads)]
+        q_keep = torch.tensor([r for h in keep for r in u.q_rows(h)], device=dev, dtype=torch.long)
+        kv_keep = torch.tensor([r for h in keep for r in u.kv_rows(h)], device=dev, dtype=torch.long)
+        _replace(block, spec.q, _sliced(mods[spec.q], q_keep, None))
+        _replace(block, spec.k, _sliced(mods[spec.k], kv_keep, None))
+        _replace(block, spec.v, _sliced(mods[spec.v], kv_keep, None))
+        _replace(block, spec.o, _sliced(mods[spec.o], None, q_keep))
+        attn = block.get_submodule(spec.attn)
+        for attr in spec.head_attrs:
+            setattr(attn, attr, len(keep) * u.q_per_unit)
+        if hasattr(attn, "all_head_size"):
+            attn.all_head_size = len(keep) * u.q_per_unit * u.head_dim
+    if drop_channels:
+        keep = torch.tensor([c for c in range(u.n_channels) if c not in set(drop_channels)], device=dev,
+                            dtype=torch.long)
+        for name in spec.mlp_up:
+            _replace(block, name, _sliced(mods[name], keep, None))
+        _replace(block, spec.mlp_down, _sliced(mods[spec.mlp_down], None, keep))
+
+
+def unit_scores(block: nn.Module, spec: StructSpec, u: Units, elementwise: callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance of each head unit and channel unit: the sum of `elementwise(module)` (a tensor
+    shaped like its weight, e.g. |w · ∂L/∂w| or w²) over the unit's coupled entries."""
+    mods = dict(block.named_modules())
+    s = {name: elementwise(mods[name]).float() for name in (spec.q, spec.k, spec.v, spec.o, *spec.mlp_up, spec.mlp_down)}
+    heads = torch.stack([
+        s[spec.q][list(u.q_rows(h))].sum() + s[spec.k][list(u.kv_rows(h))].sum() + s[spec.v][list(u.kv_rows(h))].sum()
+        + s[spec.o][:, list(u.q_rows(h))].sum() for h in range(u.n_heads)])
+    channels = sum(s[n].sum(1) for n in spec.mlp_up) + s[spec.mlp_down].sum(0)
+    return heads, channels
+
+
+def unit_params(block: nn.Module, spec: StructSpec, u: Units) -> tuple[int, int]:
+    """Parameters removed with one head unit and with one channel unit (biases included)."""
+    mods = dict(block.named_modules())
+    hidden = mods[spec.q].in_features
+    bias = lambda n: mods[n].bias is not None  # noqa: E731
+    head = (u.q_per_unit + 2) * u.head_dim * hidden + u.q_per_unit * u.head_dim * hidden
+    head += u.head_dim * (u.q_per_unit * bias(spec.q) + bias(spec.k) + bias(spec.v))
+    chan = len(spec.mlp_up) * hidden + hidden + sum(bias(n) for n in spec.mlp_up)
+    return head, chan
+
+
+def plan_removal(n_layers: int, u: Units, head_params: int, chan_params: int, target: int,
+                 head_fraction: float | None = None) -> tuple[int, list[int]]:
+    """Heads to remove per layer (the same in every pruned layer) and channels per layer, so that
+    the removed parameters land within one channel unit of `target`."""
+    layer_params = u.n_heads * head_params + u.n_channels * chan_params
+    f = target / (n_layers * layer_params) if head_fraction is None else head_fraction
+    if f >= 1:
+        raise ValueError("the pruning target removes every structure of the pruned layers; lower the ratio")
+    heads = min(u.n_heads - 1, round(f * u.n_heads))
+    rest = target - n_layers * heads * head_params
+    total_channels = max(0, round(rest / chan_params))
+    per, extra = divmod(total_channels, n_layers)
+    channels = [per + (1 if i < extra else 0) for i in range(n_layers)]
+    if max(channels) >= u.n_channels:
+        raise ValueError("the pruning target needs more MLP channels than a layer has; lower the ratio")
+    return heads, channels
+

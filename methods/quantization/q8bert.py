@@ -1,0 +1,34 @@
+"""Q8BERT (Zafrir et al., 2019), post-training: symmetric linear 8-bit weights with one scale per
+weight matrix (max|W| / 127), and 8-bit symmetric activations with calibrated static ranges."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from methods.core.arch import weight_matrix
+from methods.core.base import TableRow, register
+from methods.core.stats import ACT_ABSMAX
+from methods.quantization.act_quant import attach_act_quant
+from methods.quantization.base import QuantMethod
+from methods.quantization.codebooks import FP32_BITS
+
+
+@register("q8bert")
+class Q8BERT(QuantMethod):
+    stats = frozenset({ACT_ABSMAX})
+    rows = {"table4": TableRow("Q8BERT", "169", uniform="UQ")}
+
+    def __init__(self, wbits: int = 8, abits: int = 8):
+        super().__init__(wbits, True, -1, "tensor", "minmax")
+        self.abits = abits
+
+    def compress(self, block_index: int, name: str, layer: nn.Module, stats) -> None:
+        W = weight_matrix(layer)
+        qmax = 2 ** (self.spec.bits - 1) - 1
+        scale = W.abs().max().clamp(min=1e-8) / qmax
+        W.copy_((torch.clamp(torch.round(W / scale), -qmax, qmax) * scale).to(W.dtype))
+        self.account(block_index, name, *W.shape, n_groups=0, extra_bits=FP32_BITS)
+        attach_act_quant(layer, self.abits, "per_tensor", float(stats.act_absmax.max()))
+
+    def summary(self):
+        return {**super().summary(), "abits": self.abits, "act_mode": "per_tensor"}

@@ -1,0 +1,42 @@
+"""The task interface: every conf/task/ file names a registered task, each task states its role
+and bit base, and hands methods the calibration / training data type it declares."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ROOT
+from eval.tasks.base import Loaded, build_task, task_names
+from methods.core.calibration import InputBatches, TokenWindows
+
+
+def test_every_task_config_names_a_registered_task(make_config):
+    names = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
+    assert names == task_names()
+    for name in names:
+        task = build_task(make_config(task=name))
+        assert task.role in ("decoder", "encoder")
+        assert task.bit_base == (16 if task.role == "decoder" else 32)  # the survey's bases
+        assert task.calibration_type is (TokenWindows if task.role == "decoder" else InputBatches)
+
+
+def test_lm_task_gives_windows_of_the_valid_text_for_calibration_and_training(make_config, tiny):
+    task = build_task(make_config(**{"calib.nsamples": 4, "model.seqlen": 64}))
+    task.prepare()
+    loaded = Loaded(tiny.model, tiny.tokenizer, tiny.family)
+    calib = task.calibration(loaded, seed=0)
+    assert isinstance(calib, TokenWindows) and calib.ids.shape == (4, 64)
+    train = task.training_data(loaded, batch_size=8, seed=0)
+    from eval.data import calibration_stream
+    stream = calibration_stream("file", task.data, tiny.tokenizer, path="wikitext-2-tokens/valid.txt")
+    assert train.ids.shape == (stream.numel() // 64, 64)
+    # a permutation of the stream's non-overlapping windows: nothing from elsewhere (the test split)
+    windows = stream[: train.ids.numel()].view(-1, 64)
+    assert torch.equal(torch.sort(train.ids.sum(1)).values, torch.sort(windows.sum(1)).values)
+    assert not torch.equal(train.ids, windows)  # shuffled by the seed
+
+
+def test_unknown_task_is_refused(make_config):
+    from eval.pipeline import ConfigError, plan
+    with pytest.raises(ConfigError, match=r"unknown task 'glue_sst2'; known: lm, mnli, qqp, squad"):
+        plan(make_config(**{"task.name": "glue_sst2"}))
