@@ -22,6 +22,12 @@ class Q8BERT(QuantMethod):
         super().__init__(wbits, True, -1, "tensor", "minmax")
         self.abits = abits
 
+    def table_row(self, table: str) -> TableRow | None:
+        row = super().table_row(table)
+        if row is not None and self.abits >= 16:  # the weights-only variant, told apart from W8A8
+            return TableRow("Q8BERT (weights only)", row.ref, row.granularity, row.uniform, row.cost)
+        return row
+
     def compress(self, block_index: int, name: str, layer: nn.Module, stats) -> None:
         W = weight_matrix(layer)
         qmax = 2 ** (self.spec.bits - 1) - 1
