@@ -143,6 +143,12 @@ def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: floa
     log.info("dense baseline recorded as %s", p.dense_rid)
 
 
+def _usable_dense(store: RecordStore, rid: str) -> bool:
+    """A dense record exists in the current schema (older ones lack the task role and headline, and
+    are evaluated again rather than half reused)."""
+    return store.exists(rid) and "role" in store.load(rid)
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
@@ -158,7 +164,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
     with provenance.Timer() as t_load:
         loaded = p.task.load("cpu" if offload else p.device)
-    if not store.exists(p.dense_rid) or (force and p.is_dense):
+    if not _usable_dense(store, p.dense_rid) or (force and p.is_dense):
         _dense_baseline(p, store, loaded, t_load.seconds)
         if offload:
             loaded.model.to("cpu")

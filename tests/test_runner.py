@@ -81,3 +81,15 @@ def test_owl_allocates_layerwise_sparsity_with_the_target_mean(make_config):
     assert targets.index(min(targets)) == comp["outlier_ratio_per_block"].index(max(comp["outlier_ratio_per_block"]))
     for got, want in zip(comp["per_block_sparsity"], targets):
         assert got == pytest.approx(want, abs=0.005)  # Wanda: int(cols * s) per row
+
+
+def test_a_dense_record_of_the_older_schema_is_evaluated_again(make_config):
+    cfg = make_config(method="magnitude", **{"eval.max_windows": 2})
+    rec = run(cfg)
+    store = RecordStore(cfg["paths"]["results"])
+    legacy = store.load(rec["dense_id"])
+    del legacy["role"], legacy["headline"]  # as written before the typed pipeline
+    store.write(legacy)
+    again = run(make_config(method="magnitude", **{"eval.max_windows": 2, "method.sparsity": 0.3}))
+    dense = store.load(again["dense_id"])
+    assert dense["role"] == "decoder" and dense["created"] >= legacy["created"]
