@@ -191,10 +191,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if dense_forward_s is not None and after.params < before.params:
         timing.update(dense_forward_s=dense_forward_s,
                       forward_s=forward_seconds(loaded.model, timing_batches, p.device))
-        extra["speedup"] = {"value": dense_forward_s / timing["forward_s"], "device": provenance.hardware(p.device)["name"],
+        extra["speedup"] = {"value": dense_forward_s / timing["forward_s"],
+                            "device": provenance.hardware(p.device)["name"],
                             "basis": "dense forward time / compressed forward time, same process",
-                            "batches": len(timing_batches), "tokens": sum(int(b["input_ids"].numel())
-                                                                          for b in timing_batches)}
+                            "batches": len(timing_batches),
+                            "tokens": sum(int(b["input_ids"].numel()) for b in timing_batches)}
     dense = store.load(p.dense_rid)
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]

@@ -20,7 +20,8 @@ NEWCOMER = Path(__file__).parent / "newcomer"
 
 
 def _configs() -> dict[str, dict]:
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((ROOT / "conf" / "method").glob("*.yaml"))}
+    files = sorted((ROOT / "conf" / "method").glob("*.yaml"))
+    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in files}
 
 
 def test_every_method_config_builds_and_every_method_has_a_config():

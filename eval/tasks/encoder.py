@@ -171,7 +171,8 @@ class EncoderTask(Task):
         return out
 
     def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
-        metrics = {name: self.score(loaded.model, loaded.tokenizer, ex, device) for name, ex in self.eval_sets().items()}
+        metrics = {name: self.score(loaded.model, loaded.tokenizer, ex, device)
+                   for name, ex in self.eval_sets().items()}
         head = self.headline(metrics)
         return Evaluation({self.name: {**metrics, "headline": head, "flags": []}}, head)
 

@@ -54,16 +54,18 @@ class BlockDrop(ModelMethod):
 
     def table_row(self, table: str) -> TableRow | None:
         if self.rule == "top":  # Sajjad et al.'s top-layer dropping
-            return {"table3": TableRow("Top-layer drop", "120", "L"), "table2": TableRow("Sajjad et al.", "120", "L")
-                    }.get(table)
-        return {"table3": TableRow("Block drop (BI)", "", "L"), "table2": TableRow("Block drop (BI)", "", "L")}.get(table)
+            rows = {"table3": TableRow("Top-layer drop", "120", "L"), "table2": TableRow("Sajjad et al.", "120", "L")}
+        else:
+            rows = {"table3": TableRow("Block drop (BI)", "", "L"), "table2": TableRow("Block drop (BI)", "", "L")}
+        return rows.get(table)
 
     def compress_model(self, model: nn.Module, family, calib: CalibrationData | None, device: torch.device,
                        batch_size: int = 8) -> nn.Module:
         from methods.core.engine import Session
 
         if self.n_blocks >= len(family.blocks(model)):
-            raise ValueError(f"cannot drop {self.n_blocks} of {len(family.blocks(model))} blocks; lower method.n_blocks")
+            raise ValueError(f"cannot drop {self.n_blocks} of {len(family.blocks(model))} blocks; "
+                             f"lower method.n_blocks")
         if self.rule == "top":
             n = len(family.blocks(model))
             self.dropped = list(range(n - self.n_blocks, n))
