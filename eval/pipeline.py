@@ -128,25 +128,21 @@ def _record(p: RunPlan, identity: dict, rid: str, ev: Evaluation, extra: dict) -
     }
 
 
-def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: float) -> None:
+def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: float) -> dict[str, Any]:
     """Evaluate and record the dense model (once per model, task and protocol)."""
     before = measure(loaded.model, loaded.family)
     with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
         ev = p.task.evaluate(loaded, p.device, "dense")
     forward_s = forward_seconds(loaded.model, p.task.timing_batches(loaded), p.device)
     result = CompressionResult(Kind.DENSE, "", before, before)
-    store.write(_record(p, p.dense_identity, p.dense_rid, ev, {
+    record = _record(p, p.dense_identity, p.dense_rid, ev, {
         "kind": "dense", **loaded.record_extra, "headline": ev.headline,
         "compression": result.to_record(p.task.bit_base),
         "timing": {"load_s": load_s, "eval_s": t_eval.seconds, "forward_s": forward_s},
-        "memory": {"eval": mem.report()}}))
+        "memory": {"eval": mem.report()}})
+    store.write(record)
     log.info("dense baseline recorded as %s", p.dense_rid)
-
-
-def _usable_dense(store: RecordStore, rid: str) -> bool:
-    """A dense record exists in the current schema (older ones lack the task role and headline, and
-    are evaluated again rather than half reused)."""
-    return store.exists(rid) and "role" in store.load(rid)
+    return record
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -164,17 +160,19 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
     with provenance.Timer() as t_load:
         loaded = p.task.load("cpu" if offload else p.device)
-    if not _usable_dense(store, p.dense_rid) or (force and p.is_dense):
-        _dense_baseline(p, store, loaded, t_load.seconds)
+    dense = store.load(p.dense_rid) if store.exists(p.dense_rid) else None
+    # a dense record of the older schema (no task role, no headline) is evaluated again, not half reused
+    if dense is None or "role" not in dense or (force and p.is_dense):
+        dense = _dense_baseline(p, store, loaded, t_load.seconds)
         if offload:
             loaded.model.to("cpu")
     if p.is_dense:
-        return store.load(p.rid)
+        return dense
 
     method = p.method
-    timing_batches = p.task.timing_batches(loaded) if method.physical else None
-    dense_forward_s = forward_seconds(loaded.model, timing_batches, p.device) \
-        if timing_batches is not None and not offload else None
+    # a physically smaller model is timed against the dense one, in this process, on the same inputs
+    timing_batches = p.task.timing_batches(loaded) if method.physical and not offload else None
+    dense_forward_s = forward_seconds(loaded.model, timing_batches, p.device) if timing_batches else None
     with provenance.Timer() as t_calib:
         calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
     before = measure(loaded.model, loaded.family)
@@ -196,7 +194,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
                             "basis": "dense forward time / compressed forward time, same process",
                             "batches": len(timing_batches),
                             "tokens": sum(int(b["input_ids"].numel()) for b in timing_batches)}
-    dense = store.load(p.dense_rid)
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]
     if p.cfg.get("save_dir"):

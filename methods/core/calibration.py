@@ -26,9 +26,6 @@ class TokenWindows:
 
     ids: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
     def forward_batches(self, batch_size: int) -> list[dict[str, Any]]:
         return [{"input_ids": self.ids[i:i + batch_size], "use_cache": False}
                 for i in range(0, self.ids.shape[0], batch_size)]
@@ -39,15 +36,6 @@ class InputBatches:
     """Batches of task inputs with targets (already batched by the task)."""
 
     batches: list[dict[str, torch.Tensor]]
-
-    def __len__(self) -> int:
-        return sum(next(iter(b.values())).shape[0] for b in self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __getitem__(self, i):
-        return self.batches[i]
 
     def forward_batches(self, batch_size: int | None = None) -> list[dict[str, Any]]:
         return [model_inputs(b) for b in self.batches]

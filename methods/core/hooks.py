@@ -36,9 +36,3 @@ def attach(module: nn.Module, key: str, fn: Hook, pre: bool = True) -> None:
         held.pop(key).remove()
     held[key] = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
 
-
-def detach_all(model: nn.Module) -> None:
-    """Remove every persistent hook attached with `attach` inside `model`."""
-    for mod in model.modules():
-        for handle in mod.__dict__.pop(_PERSISTENT, {}).values():
-            handle.remove()

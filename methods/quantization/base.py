@@ -28,15 +28,17 @@ class QuantLedger(Method):
         total = stored_bits(rows, cols, self.spec.bits if bits is None else bits, n_groups, stat_bits, extra_bits)
         self.ledger[f"{block_index}.{name}"] = (total, rows * cols)
 
+    def totals(self) -> tuple[float, int]:
+        """(stored bits, quantized weights) over every layer accounted so far."""
+        return sum(b for b, _ in self.ledger.values()), sum(n for _, n in self.ledger.values())
+
     def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
-        stored = sum(b for b, _ in self.ledger.values())
-        weights = sum(n for _, n in self.ledger.values())
+        stored, weights = self.totals()
         return CompressionResult(Kind.QUANTIZED, "W", before, after, stored_bits=stored, quantized_weights=weights,
                                  facts=self.summary())
 
     def summary(self) -> dict[str, Any]:
-        stored = sum(b for b, _ in self.ledger.values())
-        weights = sum(n for _, n in self.ledger.values())
+        stored, weights = self.totals()
         out = {"wbits": self.spec.bits, "sym": self.spec.sym, "quant_granularity": self.spec.granularity,
                "group_size": self.spec.group_size if self.spec.granularity == "group" else None,
                "clip": self.spec.clip}

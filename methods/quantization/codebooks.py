@@ -69,6 +69,6 @@ class GOBO(QuantMethod):
                      extra_bits=n_out * (2 * FP32_BITS - self.spec.bits) + 2 ** self.spec.bits * FP32_BITS)
 
     def summary(self):
-        weights = sum(n for _, n in self.ledger.values())
+        weights = self.totals()[1]
         return {**super().summary(), "quant_granularity": "codebook-per-matrix", "outliers": self.outliers,
                 "outlier_fraction": self.outliers / weights if weights else 0.0}

@@ -67,6 +67,6 @@ class SpQR(QuantMethod):
                      extra_bits=res.outliers * 2 * FP16_BITS)
 
     def summary(self):
-        weights = sum(n for _, n in self.ledger.values())
+        weights = self.totals()[1]
         return {**super().summary(), "outliers": self.outliers,
                 "outlier_fraction": self.outliers / weights if weights else 0.0}
