@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data model demo test test-fast table3 table5 table2 table4 bench clean
+.PHONY: install data model demo test test-fast table3 table5 table2 table4 table6 table7 bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,18 @@ table4: model
 	$(PY) scripts/run.py method=q8bert method.abits=16 $(ENCODER) $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table4] $(filter paths.results=%,$(ENCODER))
 
+# Tables 6 and 7 on the same offline MiniLM settings, trained with the published CPU recipe
+# (conf/train/cpu_short.yaml: 100 steps of 16 windows); adaptors at LoRA's learning rate.
+TRAINED ?= train=cpu_short
+table6: model
+	$(PY) scripts/run.py +sweep=table6 $(ENCODER) $(TRAINED) $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table6] $(filter paths.results=%,$(ENCODER))
+
+table7: model
+	$(PY) scripts/run.py +sweep=table7 method=svd,fwsvd,noach $(ENCODER) $(TRAINED) $(ARGS)
+	$(PY) scripts/run.py +sweep=table7 method=lora,adalora $(ENCODER) $(TRAINED) train.lr=5e-4 $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table7] $(filter paths.results=%,$(ENCODER))
+
 test: model
 	$(PY) -m pytest -q
 
@@ -82,6 +94,9 @@ test-fast: model
 
 bench: model
 	$(PY) scripts/bench_speed.py
+
+bench-train: model
+	$(PY) scripts/bench_train.py $(FINETUNED)
 
 clean:
 	rm -rf $(VENV) results/runs results/hydra

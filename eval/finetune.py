@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +17,34 @@ DONE = "finetune.json"
 
 
 def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
-    """Fine-tune `model_path` on an encoder task (eval.tasks.encoder.EncoderTask) into `out`."""
+    """Fine-tune `model_path` on an encoder task (eval.tasks.encoder.EncoderTask) into `out`,
+    through the shared trainer on the task's labels."""
     from transformers import AutoTokenizer
 
-    torch.manual_seed(ft["seed"])
+    from methods.training.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(ft["seed"])  # the task head's initialisation
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     kwargs = {} if task.is_qa else {"num_labels": task.num_labels}
     model = task.model_class().from_pretrained(model_path, use_safetensors=True, **kwargs).to(device)
-    batches = []
-    for epoch in range(ft["epochs"]):
-        batches += task.training_batches(tokenizer, ft["batch_size"], ft["seed"] + epoch,
-                                         ft.get("max_train_features"))
-    steps = len(batches)
-    warmup = int(ft["warmup_ratio"] * steps)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-               "weight_decay": ft["weight_decay"]},
-              {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=ft["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
-    model.train()
-    t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 50 == 0:
-            log.info("finetune %s step %d/%d loss %.3f", task.name, step, steps, loss.item())
-    train_s = time.perf_counter() - t0
-    model.eval()
+    tc = TrainConfig.from_dict(ft)
+    fit = Trainer(tc, device, out.with_name(out.name + ".checkpoints"), progress=True).fit(
+        model, lambda epoch: task.training_batches(tokenizer, tc.batch_size, tc.seed + epoch, tc.max_train_features),
+        label_loss)
+    shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     metrics = {name: task.score(model, tokenizer, ex, device) for name, ex in task.eval_sets().items()}
-    info = {"model": model_path, "task": task.name, "finetune": ft, "steps": steps, "train_s": train_s,
-            "metrics": metrics, "headline": task.headline(metrics)}
+    info = {"model": model_path, "task": task.name, "finetune": ft, "steps": fit.steps, "train_s": fit.wall_s,
+            "training": fit.to_record(), "metrics": metrics, "headline": task.headline(metrics)}
     (out / DONE).write_text(json.dumps(info, indent=2))
     return info
+
+
+def label_loss(student_out, teacher_out, batch) -> torch.Tensor:
+    """The task's own loss on its labels (the model computes it from the batch's targets)."""
+    return student_out.loss
 
 
 def ensure_finetuned(model_name: str, model_path: str, task, ft: dict[str, Any], cache: Path,

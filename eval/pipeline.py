@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,9 @@ from eval.records import RecordStore, record_id
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
 from methods.core.apply import apply_method
-from methods.core.base import CompressionResult, Kind, Method, TrainedMethod
+from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.model_facts import measure
+from methods.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("compbench")
 
@@ -82,8 +85,9 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
             raise ValueError(f"method '{name}' calibrates on {' or '.join(t.__name__ for t in method.accepts)}, "
                              f"and task '{task.name}' gives {task.calibration_type.__name__}; "
                              f"pick a {'decoder' if task.role == 'encoder' else 'encoder'} task for it")
-        if isinstance(method, TrainedMethod):
-            raise ValueError(f"method '{name}' trains the model, and the harness has no trainer yet")
+        train = TrainConfig.from_dict(cfg["train"]) if isinstance(method, TrainedMethod) else None
+        if train is not None:
+            task.check_training(method)
         method.check_model(task.meta_linears(), task.family)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
@@ -94,6 +98,8 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         calib = task.calib_identity(method.needs_calibration)
         if calib is not None:
             identity["calib"] = calib
+        if train is not None:
+            identity["train"] = train.identity()
     return RunPlan(cfg, task, method, device, identity, dense_identity)
 
 
@@ -145,6 +151,36 @@ def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: floa
     return record
 
 
+def _training_inputs(p: RunPlan, store: RecordStore, loaded: Loaded) -> TrainingInputs:
+    """The shared trainer (checkpoints under results/checkpoints/<run id>, so a killed run
+    resumes), the task's training batches per epoch, the frozen teacher and the dev score."""
+    tc = TrainConfig.from_dict(p.cfg["train"])
+    trainer = Trainer(tc, p.device, store.root / "checkpoints" / p.rid, p.cfg.get("progress", True))
+    teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False) if p.method.uses_teacher else None
+
+    @functools.lru_cache(maxsize=1)
+    def data(epoch: int) -> list[dict]:
+        return p.task.training_data(loaded, tc.batch_size, tc.seed + epoch, tc.max_train_features).batches
+
+    def evaluate(model: torch.nn.Module) -> float:
+        return p.task.evaluate(Loaded(model, loaded.tokenizer, loaded.family), p.device, p.method.name).headline
+
+    return TrainingInputs(trainer, data, teacher, evaluate, lambda: p.task.load_pretrained(p.device))
+
+
+def _training_record(p: RunPlan, training: TrainingInputs) -> dict[str, Any]:
+    """The recipe and the cost of every fit (a method may train in stages), with totals."""
+    fits = [f.to_record() for f in training.fits]
+    flops = [f["flops"] for f in fits if f["flops"]]
+    wall = sum(f["wall_s"] for f in fits)
+    return {"recipe": p.cfg["train"], "fits": fits, "steps": sum(f["steps"] for f in fits),
+            "samples": sum(f["samples"] for f in fits), "tokens": sum(f["tokens"] for f in fits),
+            "wall_s": wall, "device_hours": sum(f["device_hours"] for f in fits),
+            "flops": sum(flops) if flops else None,
+            "peak_fraction": sum(flops) / wall / fits[0]["peak_flops_per_s"] if flops and wall else None,
+            "device": provenance.hardware(p.device)["name"]}
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
@@ -175,17 +211,24 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     dense_forward_s = forward_seconds(loaded.model, timing_batches, p.device) if timing_batches else None
     with provenance.Timer() as t_calib:
         calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
+    training = _training_inputs(p, store, loaded) if isinstance(method, TrainedMethod) else None
+    if training is not None and method.from_pretrained:
+        loaded.model = training.pretrained()
     before = measure(loaded.model, loaded.family)
     with provenance.PeakMemory(p.device) as mem_c, provenance.Timer() as t_comp:
         loaded.model, phases = apply_method(method, loaded.model, loaded.family, calib, p.device,
-                                            p.cfg["engine"]["batch_size"], p.cfg.get("progress", True))
+                                            p.cfg["engine"]["batch_size"], p.cfg.get("progress", True), training)
     after = measure(loaded.model, loaded.family)
+    if training is not None and training.fits:
+        extra_training = {"training": _training_record(p, training)}
+    else:
+        extra_training = {}
     result = method.result(before, after)
     with provenance.PeakMemory(p.device) as mem_e, provenance.Timer() as t_eval:
         ev = p.task.evaluate(loaded, p.device, method.name)
     timing = {"load_s": t_load.seconds, "calib_data_s": t_calib.seconds, **phases, "compress_s": t_comp.seconds,
               "eval_s": t_eval.seconds}
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(extra_training)
     if dense_forward_s is not None and after.params < before.params:
         timing.update(dense_forward_s=dense_forward_s,
                       forward_s=forward_seconds(loaded.model, timing_batches, p.device))
@@ -205,6 +248,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "compression": result.to_record(p.task.bit_base), "timing": timing,
         "memory": {"compress": mem_c.report(), "eval": mem_e.report()}})
     store.write(record)
+    if training is not None:  # the record holds the result: the resume points are spent
+        shutil.rmtree(store.root / "checkpoints" / p.rid, ignore_errors=True)
     log.info("record %s written", p.rid)
     return record
 

@@ -32,7 +32,8 @@ def _finite(obj: Any) -> Any:
 
 class RecordStore:
     def __init__(self, results_dir: str | os.PathLike):
-        self.dir = Path(results_dir) / "runs"
+        self.root = Path(results_dir)
+        self.dir = self.root / "runs"
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, rid: str) -> Path:

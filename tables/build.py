@@ -19,6 +19,9 @@ REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
 PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.value})
 QUANTIZATION = frozenset({Kind.QUANTIZED.value})
+DISTILLATION = frozenset({Kind.DISTILLED.value})
+LOW_RANK = frozenset({Kind.LOW_RANK.value, Kind.ADAPTOR.value})
+TRAINING_COLUMNS = ["preset", "train_steps", "train_samples", "train_minutes", "device_hours", "train_peak_fraction"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class TableSpec:
     role: str                    # "decoder" | "encoder"
     kinds: frozenset[str]
     kind_column: str = "granularity"  # the 4th LaTeX column: granularity (pruning) or uniform (quant)
+    # the method-describing LaTeX columns after Method and Ref. (header, key)
+    describe: tuple[tuple[str, str], ...] = ()
 
     @property
     def encoder(self) -> bool:
@@ -51,6 +56,15 @@ TABLES = {
     "table5": TableSpec("table5", "table5_quantization_decoder.csv",
                         "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
                         "decoder", QUANTIZATION, kind_column="uniform"),
+    "table6": TableSpec("table6", "table6_distillation_encoder.csv",
+                        "Knowledge distillation into a student with fewer layers: accuracy / F1 difference (%p) "
+                        "to the fine-tuned teacher; rate = fraction of the teacher's layers removed.",
+                        "encoder", DISTILLATION, kind_column="distill_source",
+                        describe=(("Source", "distill_source"), ("Matching", "layer_matching"))),
+    "table7": TableSpec("table7", "table7_lowrank_encoder.csv",
+                        "Low-rank approximation and adaptors: accuracy / F1 difference (%p) to the fine-tuned model; "
+                        "rate = parameters removed from the factorised matrices (P) or adaptor size / model size (A).",
+                        "encoder", LOW_RANK, kind_column="target", describe=(("Target", "target"), ("PLM", "plm"))),
 }
 
 
@@ -148,7 +162,10 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
             "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
             "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], "speedup": _speedup(r),
-            "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": ""})
+            "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": "", **_training(r),
+            **meta.columns})
+        for item in comp.get("not_run") or []:
+            row["note"].append(f"not run: {item}")
         col = ENCODER_COLUMNS.get(task, task)
         row[col] = round(r["delta"], 2)
         row["record"].append(r["id"])
@@ -167,8 +184,20 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
     return out
 
 
+def _training(record: dict) -> dict[str, Any]:
+    """The training cost of a trained run: steps, samples, CPU/GPU minutes, device-hours, and the
+    achieved fraction of the device's matmul peak."""
+    t = record.get("training")
+    if not t:
+        return {}
+    return {"train_steps": t["steps"], "train_samples": t["samples"], "train_minutes": round(t["wall_s"] / 60, 1),
+            "device_hours": round(t["device_hours"], 4),
+            "train_peak_fraction": round(t["peak_fraction"], 3) if t.get("peak_fraction") else None}
+
+
 def reported(spec: TableSpec) -> pd.DataFrame:
     df = pd.read_csv(REPORTED_DIR / spec.reported, dtype={"ref": str})
+    df = df.rename(columns={"source": "distill_source"})  # Table 6's distillation source (L, H, A, T)
     df.insert(0, "source", "reported")
     return df
 
@@ -194,7 +223,9 @@ def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
     rep = reported(spec)
     if spec.encoder:
         rows = _encoder_rows(spec, mine)
-        extra = ["hardware", "record", "flags"]
+        extra = [c for c in ("plm",) if c not in rep.columns]
+        extra += [c for c in ("speedup",) if c not in rep.columns]
+        extra += (TRAINING_COLUMNS if spec.key in ("table6", "table7") else []) + ["hardware", "record", "flags"]
         repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
         if repro.empty:
             return rep
@@ -241,8 +272,9 @@ def _cell(key: str, value: Any, digits: int | None) -> str:
 
 def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
     if spec.encoder:
-        cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),
-                ("Gran." if spec.kind_column == "granularity" else "Uniform", spec.kind_column, None),
+        describe = spec.describe or (("PLM", "plm"), ("Gran." if spec.kind_column == "granularity" else "Uniform",
+                                                       spec.kind_column))
+        cols = [("Method", "method", None), ("Ref.", "ref", None), *((h, k, None) for h, k in describe),
                 ("Rate", "comp_rate", 3), ("MNLI", "mnli", 2), ("QQP", "qqp", 2), ("SQuAD", "squad", 2),
                 ("Avg", "avg", 2), ("Speedup", "speedup", 2), ("Record", "record", None)]
         return _latex(spec, df, cols)

@@ -83,9 +83,19 @@ class Task:
     def calibration(self, loaded: Loaded, seed: int) -> CalibrationData:
         raise NotImplementedError
 
-    def training_data(self, loaded: Loaded, batch_size: int, seed: int) -> CalibrationData:
-        """The data a trained method may fit on: the task's training split, never its test data."""
+    def training_data(self, loaded: Loaded, batch_size: int, seed: int, limit: int | None = None) -> CalibrationData:
+        """The data a trained method may fit on: the task's training split, never its test data
+        (shuffled with `seed`; `limit` caps the number of sequences or features)."""
         raise NotImplementedError
+
+    def check_training(self, method) -> None:
+        """Raise ValueError if `method` (a trained one) cannot train on this task."""
+        raise ValueError(f"task '{self.name}' has no training recipe for '{method.name}'; "
+                         f"training-based methods run on encoder tasks")
+
+    def load_pretrained(self, device: torch.device | str) -> nn.Module:
+        """The pre-trained model with a fresh task head (methods that start before fine-tuning)."""
+        raise NotImplementedError(f"task '{self.name}' has no pre-trained starting point")
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
         """Fixed model inputs on which forward time is measured (dense vs compressed)."""

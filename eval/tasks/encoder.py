@@ -16,6 +16,7 @@ from eval.tasks.base import Evaluation, Loaded, Task
 from methods.core.calibration import InputBatches, model_inputs
 
 TIMING_EXAMPLES = 64  # training examples timed per forward pass
+ENCODER_FAMILIES = ("bert", "deberta_v2")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class EncoderTask(Task):
     def prepare(self) -> None:
         mc = self.cfg["model"]
         _, self.family, _ = models.model_family(mc.get("finetuned") or mc["path"])
-        if self.family.name != "bert":
-            raise ValueError(f"task '{self.name}' needs an encoder (BERT family), got a '{self.family.name}' model")
+        if self.family.name not in ENCODER_FAMILIES:
+            raise ValueError(f"task '{self.name}' needs an encoder ({', '.join(ENCODER_FAMILIES)} family), "
+                             f"got a '{self.family.name}' model")
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
         c = self.cfg
@@ -134,8 +136,18 @@ class EncoderTask(Task):
         return InputBatches(self.training_batches(loaded.tokenizer, self.cfg["engine"]["batch_size"], seed,
                                                   limit=self.cfg["calib"]["nsamples"]))
 
-    def training_data(self, loaded: Loaded, batch_size: int, seed: int) -> InputBatches:
-        return InputBatches(self.training_batches(loaded.tokenizer, batch_size, seed))
+    def training_data(self, loaded: Loaded, batch_size: int, seed: int, limit: int | None = None) -> InputBatches:
+        return InputBatches(self.training_batches(loaded.tokenizer, batch_size, seed, limit))
+
+    def check_training(self, method) -> None:
+        method.check_family(self.family)
+
+    def load_pretrained(self, device: torch.device | str) -> torch.nn.Module:
+        """`model.path` (the pre-trained encoder) with a newly initialised task head."""
+        kwargs = {} if self.is_qa else {"num_labels": self.num_labels}
+        source = models.resolve_source(self.cfg["model"]["path"])
+        model = self.model_class().from_pretrained(source, use_safetensors=True, **kwargs)
+        return model.to(device)
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
         batches = self.training_batches(loaded.tokenizer, self.settings.batch_size, seed=0,

@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ PRUNING_KINDS = frozenset({Kind.UNSTRUCTURED, Kind.NM, Kind.STRUCTURED})
 class RateBasis(str, Enum):
     MEMORY = "memory"   # parameters or stored bits
     FLOPS = "flops"     # encoder FLOPs at a fixed sequence length
+    LAYERS = "layers"   # the fraction of the teacher's layers removed (distillation)
+    LINEARS = "linears"  # the parameters removed from the factorised linears (low-rank)
+    ADAPTOR = "adaptor"  # the adaptor's size relative to the model (LoRA, AdaLoRA)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class TableRow:
     granularity: str | None = None
     uniform: str = ""
     cost: str = "low"
+    columns: Mapping[str, Any] = field(default_factory=dict)  # table-specific cells (Table 6: source, matching)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class CompressionResult:
     quantized_weights: int | None = None
     flops_before: int | None = None        # rate_basis FLOPS
     flops_after: int | None = None
+    comp_rate: float | None = None         # the method's own rate on `rate_basis` (layers, linears, adaptor)
     facts: dict[str, Any] = field(default_factory=dict)
 
     def rates(self, bit_base: int) -> dict[str, Any]:
@@ -91,6 +96,9 @@ class CompressionResult:
         if self.kind == Kind.DENSE:
             return {"comp_rate": 0.0, "model_comp_rate": 0.0}
         removed = b.params - a.params
+        if self.comp_rate is not None:
+            return {"comp_rate": self.comp_rate, "model_comp_rate": removed / b.params,
+                    "param_comp_rate": removed / b.params}
         out = {"param_comp_rate": removed / b.params, "model_comp_rate": removed / b.params,
                "comp_rate_no_embeddings": removed / (b.params - b.embedding_params) if b.embedding_params else None}
         if self.rate_basis == RateBasis.FLOPS:
@@ -195,25 +203,39 @@ class ModelMethod(Method):
         raise NotImplementedError
 
 
-class Trainer(Protocol):
-    """The shared training loop (issue 11): fits `model` on batches under a loss of
-    (student outputs, teacher outputs, batch)."""
-
-    def fit(self, model: nn.Module, batches, loss: Callable, teacher: nn.Module | None = None) -> dict[str, Any]:
-        ...
-
-
 @dataclass
 class TrainingInputs:
-    """What a trained method gets: the trainer, the task's training batches, the frozen teacher."""
+    """What a trained method gets: the shared trainer (methods/training/trainer.py), the task's
+    training batches per epoch, the frozen fine-tuned teacher, the task's dev score, and the
+    pre-trained (not fine-tuned) model for methods that start from it. `fit` trains through the
+    trainer and keeps each fit's cost for the run record."""
 
-    trainer: Trainer
-    batches: InputBatches | TokenWindows
-    teacher: nn.Module
+    trainer: Any
+    data: Callable[[int], list[dict[str, torch.Tensor]]]
+    teacher: nn.Module | None
+    evaluate: Callable[[nn.Module], float] | None = None
+    pretrained: Callable[[], nn.Module] | None = None
+    fits: list[Any] = field(default_factory=list)
+
+    def fit(self, model: nn.Module, loss: Callable, teacher: nn.Module | None = None, **kw: Any):
+        kw.setdefault("evaluate", self.evaluate)
+        kw.setdefault("name", f"fit{len(self.fits)}")
+        result = self.trainer.fit(model, self.data, loss, teacher=teacher, **kw)
+        self.fits.append(result)
+        return result
 
 
 class TrainedMethod(Method):
-    """Compresses with training (distillation, QAT, adaptors, gradual pruning)."""
+    """Compresses with training (distillation, low-rank recovery, adaptors, QAT, gradual pruning).
+
+    `uses_teacher`: the fine-tuned dense model is loaded beside the student, frozen;
+    `from_pretrained`: the method starts from the pre-trained model, not the fine-tuned one."""
+
+    uses_teacher: ClassVar[bool] = True
+    from_pretrained: ClassVar[bool] = False
+
+    def check_family(self, family) -> None:
+        """Raise ValueError if the method cannot train a model of this family (before loading)."""
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
         raise NotImplementedError
