@@ -82,7 +82,7 @@ table6: model
 	$(PY) scripts/tables.py print=true tables=[table6] $(filter paths.results=%,$(ENCODER))
 
 table7: model
-	$(PY) scripts/run.py +sweep=table7 method=svd,fwsvd,noach $(ENCODER) $(TRAINED) $(ARGS)
+	$(PY) scripts/run.py +sweep=table7 method=svd,fwsvd,noach,flop,flop_98 $(ENCODER) $(TRAINED) $(ARGS)
 	$(PY) scripts/run.py +sweep=table7 method=lora,adalora $(ENCODER) $(TRAINED) train.lr=5e-4 $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table7] $(filter paths.results=%,$(ENCODER))
 

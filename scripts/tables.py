@@ -34,8 +34,9 @@ def main(cfg: DictConfig) -> None:
         n = int((df["source"] == "reproduced").sum())
         print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")
         if cfg.print:
-            cols = ["source", "method", "plm", "granularity", "uniform", "comp_rate", "ppl_plm", "ppl_compressed",
-                    "delta_ppl", "mnli", "qqp", "squad", "avg", "record"]
+            cols = ["source", "method", "preset", "plm", "granularity", "uniform", "distill_source", "layer_matching",
+                    "target", "comp_rate", "ppl_plm", "ppl_compressed", "delta_ppl", "mnli", "qqp", "squad", "avg",
+                    "speedup", "train_steps", "train_minutes", "record"]
             with pd.option_context("display.width", 200, "display.max_rows", 200):
                 print(df[[c for c in cols if c in df.columns]].to_string(index=False))
 

@@ -14,6 +14,7 @@ import pandas as pd
 from methods.core.base import Kind, TableRow, build
 
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"
+CONF_METHODS = Path(__file__).resolve().parent.parent / "conf" / "method"
 
 
 ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
@@ -21,7 +22,7 @@ PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.val
 QUANTIZATION = frozenset({Kind.QUANTIZED.value})
 DISTILLATION = frozenset({Kind.DISTILLED.value})
 LOW_RANK = frozenset({Kind.LOW_RANK.value, Kind.ADAPTOR.value})
-TRAINING_COLUMNS = ["preset", "train_steps", "train_samples", "train_minutes", "device_hours", "train_peak_fraction"]
+TRAINING_COLUMNS = ["train_steps", "train_samples", "train_minutes", "device_hours", "train_peak_fraction"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TableSpec:
     kind_column: str = "granularity"  # the 4th LaTeX column: granularity (pruning) or uniform (quant)
     # the method-describing LaTeX columns after Method and Ref. (header, key)
     describe: tuple[tuple[str, str], ...] = ()
+    presets: bool = False        # name the conf/method preset of every row, reported ones included
 
     @property
     def encoder(self) -> bool:
@@ -60,11 +62,12 @@ TABLES = {
                         "Knowledge distillation into a student with fewer layers: accuracy / F1 difference (%p) "
                         "to the fine-tuned teacher; rate = fraction of the teacher's layers removed.",
                         "encoder", DISTILLATION, kind_column="distill_source",
-                        describe=(("Source", "distill_source"), ("Matching", "layer_matching"))),
+                        describe=(("Source", "distill_source"), ("Matching", "layer_matching")), presets=True),
     "table7": TableSpec("table7", "table7_lowrank_encoder.csv",
                         "Low-rank approximation and adaptors: accuracy / F1 difference (%p) to the fine-tuned model; "
                         "rate = parameters removed from the factorised matrices (P) or adaptor size / model size (A).",
-                        "encoder", LOW_RANK, kind_column="target", describe=(("Target", "target"), ("PLM", "plm"))),
+                        "encoder", LOW_RANK, kind_column="target", describe=(("Target", "target"), ("PLM", "plm")),
+                        presets=True),
 }
 
 
@@ -195,10 +198,39 @@ def _training(record: dict) -> dict[str, Any]:
             "train_peak_fraction": round(t["peak_fraction"], 3) if t.get("peak_fraction") else None}
 
 
+def presets(table: str) -> list[tuple[str, TableRow, float | None]]:
+    """(preset name, row metadata, target rate) of every conf/method preset with a row in `table`."""
+    from omegaconf import OmegaConf
+    out = []
+    for path in sorted(CONF_METHODS.glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        name = cfg.pop("name")
+        try:
+            method = build(name, **cfg)
+        except ValueError:
+            continue
+        row = method.table_row(table)
+        if row is not None:
+            out.append((path.stem, row, getattr(method, "rate", None)))
+    return out
+
+
+def preset_for(found: list[tuple[str, TableRow, float | None]], label: str, rate: float) -> str:
+    """The preset that runs a reported row (same label; same rate where the preset sets one)."""
+    same = [(p, r) for p, row, r in found if row.label == label]
+    for p, r in same:
+        if r is None or abs(r - rate) < 0.01:
+            return p
+    return "not implemented" if not same else same[0][0]
+
+
 def reported(spec: TableSpec) -> pd.DataFrame:
     df = pd.read_csv(REPORTED_DIR / spec.reported, dtype={"ref": str})
     df = df.rename(columns={"source": "distill_source"})  # Table 6's distillation source (L, H, A, T)
     df.insert(0, "source", "reported")
+    if spec.presets:
+        found = presets(spec.key)
+        df.insert(2, "preset", [preset_for(found, m, r) for m, r in zip(df["method"], df["comp_rate"])])
     return df
 
 

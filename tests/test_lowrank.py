@@ -136,3 +136,43 @@ def test_encoder_families_take_svd_and_lora(kind):
     from peft import get_peft_model
     lora = get_peft_model(_encoder(kind), LoRA(r=2).peft_config(_encoder(kind), family, 10))
     assert lora_params(lora) == 2 * 2 * 2 * (32 + 32)
+
+
+def test_hard_concrete_gates():
+    from methods.lowrank.hard_concrete import HardConcrete
+    g = HardConcrete(6)
+    with torch.no_grad():
+        g.log_alpha.copy_(torch.tensor([-8.0, -2.0, 0.0, 2.0, 4.0, 8.0]))
+    p = g.prob_nonzero()
+    assert torch.all((p > 0) & (p < 1)) and torch.all(p[1:] > p[:-1])
+    g.eval()
+    z = g()
+    assert z[0] == 0 and z[-1] == 1 and torch.equal(z, g.deterministic())
+    g.train()
+    samples = torch.stack([g() for _ in range(2000)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    torch.testing.assert_close((samples > 0).float().mean(0), p.detach(), atol=0.04, rtol=0)  # P(z > 0)
+
+
+def test_flop_trains_gates_and_meets_the_rate_exactly():
+    from methods.core.arch import FAMILIES
+    from methods.core.base import TrainingInputs
+    from methods.lowrank.factorized import FactorizedLinear
+    from methods.lowrank.flop import FLOP
+    from methods.training.trainer import TrainConfig, Trainer
+
+    teacher = tiny_bert(dropout=0.0).requires_grad_(False)
+    model = tiny_bert(dropout=0.0)
+    data = batches(3)
+    trainer = Trainer(TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_ratio=0.0), torch.device("cpu"),
+                      progress=False)
+    method = FLOP(rate=0.6)
+    out = method.compress_trained(model, FAMILIES["bert"], TrainingInputs(trainer, lambda e: data, teacher),
+                                  torch.device("cpu"))
+    linears = [l for b in FAMILIES["bert"].blocks(out) for l in FAMILIES["bert"].linears(b).values()]
+    assert all(isinstance(l, FactorizedLinear) for l in linears)
+    kept = sum(l.first.weight.numel() + l.second.weight.numel() for l in linears)
+    assert kept == method.factor_params <= 0.4 * method.dense_params
+    assert method.result(None, None).comp_rate >= 0.6 and method.expected_sparsity_end is not None
+    with torch.no_grad():
+        assert torch.isfinite(out(**{k: v for k, v in data[0].items() if k != "labels"}).logits).all()

@@ -79,13 +79,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     raise ValueError(f"unknown precision '{name}'; use auto, fp32, bf16 or fp16")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and norms (the BERT recipe)."""
-    decay, plain = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms and other vectors (the BERT recipe); a
+    parameter with an `lr_scale` attribute (gates, Lagrange multipliers) learns at lr·lr_scale."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (plain if name.endswith(NO_DECAY) or p.dim() < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+            plain = name.endswith(NO_DECAY) or p.dim() < 2
+            groups.setdefault((plain, getattr(p, "lr_scale", 1.0)), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if plain else weight_decay, "lr": lr * scale}
+            for (plain, scale), ps in groups.items()]
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -180,7 +183,7 @@ class Trainer:
         model.to(self.device).train()
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
-        params = param_groups(model, c.weight_decay) if parameters is None else [
+        params = param_groups(model, c.weight_decay, c.lr) if parameters is None else [
             {"params": list(parameters), "weight_decay": c.weight_decay}]
         trainable = [p for g in params for p in g["params"]]
         opt = torch.optim.AdamW(params, lr=c.lr, fused=all(p.is_floating_point() for p in trainable))
