@@ -169,9 +169,9 @@ def test_flop_trains_gates_and_meets_the_rate_exactly():
     method = FLOP(rate=0.6)
     out = method.compress_trained(model, FAMILIES["bert"], TrainingInputs(trainer, lambda e: data, teacher),
                                   torch.device("cpu"))
-    linears = [l for b in FAMILIES["bert"].blocks(out) for l in FAMILIES["bert"].linears(b).values()]
-    assert all(isinstance(l, FactorizedLinear) for l in linears)
-    kept = sum(l.first.weight.numel() + l.second.weight.numel() for l in linears)
+    linears = [lin for b in FAMILIES["bert"].blocks(out) for lin in FAMILIES["bert"].linears(b).values()]
+    assert all(isinstance(lin, FactorizedLinear) for lin in linears)
+    kept = sum(lin.first.weight.numel() + lin.second.weight.numel() for lin in linears)
     assert kept == method.factor_params <= 0.4 * method.dense_params
     assert method.result(None, None).comp_rate >= 0.6 and method.expected_sparsity_end is not None
     with torch.no_grad():

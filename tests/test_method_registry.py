@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from eval.pipeline import ConfigError, plan, run
-from methods.core.base import LayerwiseMethod, ModelMethod, build, registry
+from methods.core.base import LayerwiseMethod, ModelMethod, TrainedMethod, build, registry
 from methods.core.hooks import forward_hooks
 from tables.build import TABLES, build_table, reported
 
@@ -56,7 +56,7 @@ def test_table_metadata_names_existing_tables_and_the_survey_references():
 
 def test_every_method_has_one_kind():
     for name, cls in registry().items():
-        kinds = [k for k in (LayerwiseMethod, ModelMethod) if issubclass(cls, k)]
+        kinds = [k for k in (LayerwiseMethod, ModelMethod, TrainedMethod) if issubclass(cls, k)]
         assert len(kinds) == 1, (name, kinds)
 
 

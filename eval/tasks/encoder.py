@@ -67,7 +67,7 @@ class EncoderTask(Task):
 
     def prepare(self) -> None:
         mc = self.cfg["model"]
-        _, self.family, _ = models.model_family(mc.get("finetuned") or mc["path"])
+        _, self.family, self.model_config = models.model_family(mc.get("finetuned") or mc["path"])
         if self.family.name not in ENCODER_FAMILIES:
             raise ValueError(f"task '{self.name}' needs an encoder ({', '.join(ENCODER_FAMILIES)} family), "
                              f"got a '{self.family.name}' model")
@@ -140,7 +140,7 @@ class EncoderTask(Task):
         return InputBatches(self.training_batches(loaded.tokenizer, batch_size, seed, limit))
 
     def check_training(self, method) -> None:
-        method.check_family(self.family)
+        method.check_family(self.family, self.model_config)
 
     def load_pretrained(self, device: torch.device | str) -> torch.nn.Module:
         """`model.path` (the pre-trained encoder) with a newly initialised task head."""

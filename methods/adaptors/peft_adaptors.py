@@ -53,7 +53,7 @@ class _Adaptor(TrainedMethod):
         self.r, self.alpha, self.dropout, self.targets, self.preset = r, alpha, dropout, targets, preset
         self.adaptor_params = 0
 
-    def check_family(self, family) -> None:
+    def check_family(self, family, config=None) -> None:
         if self.targets is None and family.name not in TARGETS:
             raise ValueError(f"no default adaptor targets for a '{family.name}' model; set method.targets")
 

@@ -234,8 +234,9 @@ class TrainedMethod(Method):
     uses_teacher: ClassVar[bool] = True
     from_pretrained: ClassVar[bool] = False
 
-    def check_family(self, family) -> None:
-        """Raise ValueError if the method cannot train a model of this family (before loading)."""
+    def check_family(self, family, config=None) -> None:
+        """Raise ValueError if the method cannot train this model (its family, its HF config),
+        before anything loads."""
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
         raise NotImplementedError

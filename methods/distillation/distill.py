@@ -97,11 +97,13 @@ class Distill(TrainedMethod):
 
     @property
     def rows(self) -> dict[str, TableRow]:
-        return {"table6": TableRow(self.lab, self.ref, cost="high",
-                                   columns={"distill_source": self.survey_sources, "layer_matching": self.layer_matching,
-                                            "preset": self.preset})}
+        columns = {"distill_source": self.survey_sources, "layer_matching": self.layer_matching,
+                   "preset": self.preset}
+        return {"table6": TableRow(self.lab, self.ref, cost="high", columns=columns)}
 
-    def check_family(self, family) -> None:
+    def check_family(self, family, config=None) -> None:
+        if config is not None:
+            kept_layers(config.num_hidden_layers, self.rate)
         if family.name != "bert" and set(self.sources) & set(NEEDS_QK):
             raise ValueError(f"'{self.preset}' distils attention computed as BERT's softmax(qkᵀ/√d); a "
                              f"'{family.name}' model's attention differs (e.g. DeBERTa's relative terms)")

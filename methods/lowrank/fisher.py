@@ -12,7 +12,8 @@ def row_fisher(model: nn.Module, layers: Mapping[str, nn.Linear], batches: Itera
                device: torch.device) -> dict[str, torch.Tensor]:
     """{name: (out,) row sums of the squared gradients of the task loss}, one backward per batch
     (the empirical Fisher of the batch loss, as the reference implementation accumulates it)."""
-    fisher = {name: torch.zeros(l.weight.shape[0], dtype=torch.float64, device=device) for name, l in layers.items()}
+    fisher = {name: torch.zeros(lin.weight.shape[0], dtype=torch.float64, device=device)
+              for name, lin in layers.items()}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it is evaluated
     for batch in batches:
