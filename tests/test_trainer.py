@@ -91,3 +91,17 @@ def test_trained_methods_fail_before_loading_on_bad_input(make_config):
     q = plan(make_config(method="tinybert", **enc, **{"train.checkpoint_every": 7}))
     r = plan(make_config(method="tinybert", **enc, **{"train.lr": 1e-3}))
     assert p.rid == q.rid != r.rid   # the recipe is in the identity, checkpoint spacing is not
+
+
+def test_keep_best_ends_on_the_best_dev_weights():
+    scores, seen = iter([1.0, 5.0, 2.0]), []
+
+    def evaluate(model):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+    model = tiny_bert(seed=3)
+    result = Trainer(TrainConfig(steps=6, batch_size=4, lr=1e-3, eval_every=2, keep_best=True), torch.device("cpu"),
+                     progress=False).fit(model, data_for, label_loss, evaluate=evaluate)
+    assert [h["step"] for h in result.history] == [2, 4, 6] and result.best == {"step": 4, "dev": 5.0}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[1][k]), k
