@@ -22,7 +22,8 @@ PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.val
 QUANTIZATION = frozenset({Kind.QUANTIZED.value})
 DISTILLATION = frozenset({Kind.DISTILLED.value})
 LOW_RANK = frozenset({Kind.LOW_RANK.value, Kind.ADAPTOR.value})
-TRAINING_COLUMNS = ["train_steps", "train_samples", "train_minutes", "device_hours", "train_peak_fraction"]
+TRAINING_COLUMNS = ["train_steps", "train_samples", "train_minutes", "device_hours", "train_gflops",
+                    "train_peak_fraction"]
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,9 @@ def _training(record: dict) -> dict[str, Any]:
     t = record.get("training")
     if not t:
         return {}
+    gflops = t["flops"] / t["wall_s"] / 1e9 if t.get("flops") and t["wall_s"] else None
     return {"train_steps": t["steps"], "train_samples": t["samples"], "train_minutes": round(t["wall_s"] / 60, 1),
-            "device_hours": round(t["device_hours"], 4),
+            "device_hours": round(t["device_hours"], 4), "train_gflops": round(gflops, 1) if gflops else None,
             "train_peak_fraction": round(t["peak_fraction"], 3) if t.get("peak_fraction") else None}
 
 

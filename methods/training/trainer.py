@@ -173,6 +173,10 @@ class Trainer:
         done = self._finished(model)
         if done is not None:
             return done
+        autocast = self.dtype != torch.float32
+        # the ceiling, measured before any training work (once per process): a machine busy with
+        # other jobs lowers it, and the record keeps it beside the achieved rate
+        peak = matmul_peak(str(self.device), self.dtype if autocast else torch.float32)
         torch.manual_seed(c.seed)
         epoch_batches = {0: list(data(0))}
         per_epoch = len(epoch_batches[0])
@@ -189,7 +193,6 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=c.lr, fused=all(p.is_floating_point() for p in trainable))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(warmup, total))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        autocast = self.dtype != torch.float32
 
         state = {"step": 0, "samples": 0, "tokens": 0, "wall_s": 0.0, "history": [], "best": None}
         best_weights = None
@@ -255,7 +258,6 @@ class Trainer:
         if c.keep_best and best_weights is not None:
             model.load_state_dict(best_weights)
         model.eval()
-        peak = matmul_peak(str(self.device), torch.float32 if not autocast else self.dtype)
         flops = flops_per_token * state["tokens"] if flops_per_token else None
         wall = state["wall_s"]
         result = FitResult(
