@@ -28,9 +28,12 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
     kwargs = {} if task.is_qa else {"num_labels": task.num_labels}
     model = task.model_class().from_pretrained(model_path, use_safetensors=True, **kwargs).to(device)
     tc = TrainConfig.from_dict(ft)
-    fit = Trainer(tc, device, out.with_name(out.name + ".checkpoints"), progress=True).fit(
+    # one seed for the head and dropout, and the for-loop AdamW: the fine-tunes made before the
+    # shared trainer (the shipped teacher, cached baselines) come out bit for bit the same
+    trainer = Trainer(tc, device, out.with_name(out.name + ".checkpoints"), progress=True, fused=False)
+    fit = trainer.fit(
         model, lambda epoch: task.training_batches(tokenizer, tc.batch_size, tc.seed + epoch, tc.max_train_features),
-        label_loss)
+        label_loss, seed_rng=False)
     shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

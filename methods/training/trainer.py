@@ -144,12 +144,13 @@ class Trainer:
     """Fits a model under any loss of (student outputs, teacher outputs, batch)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, checkpoint_dir: Path | None = None,
-                 progress: bool = True):
+                 progress: bool = True, fused: bool = True):
         self.cfg = cfg
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.progress = progress
         self.dtype = resolve_precision(cfg.precision, self.device)
+        self.fused = fused  # fused AdamW (same maths, other rounding); fine-tunes keep the for-loop one
 
     def total_steps(self, per_epoch: int) -> int:
         c = self.cfg
@@ -160,12 +161,14 @@ class Trainer:
     def fit(self, model: nn.Module, data: Callable[[int], Sequence[Batch]], loss: Loss,
             teacher: nn.Module | None = None, evaluate: Callable[[nn.Module], float] | None = None,
             on_step: Callable[[int], None] | None = None, parameters: Sequence[nn.Parameter] | None = None,
-            steps: int | None = None, name: str = "fit") -> FitResult:
+            steps: int | None = None, name: str = "fit", seed_rng: bool = True) -> FitResult:
         """Train `model` in place. `data(epoch)` gives that epoch's (seeded, shuffled) batches;
         `teacher` is run frozen beside it; `evaluate(model)` scores the dev set (higher is better);
         `on_step(step)` runs after each optimizer step, gradients still present (AdaLoRA);
         `steps` overrides the recipe's count (a stage of a longer schedule); `name` keeps the
-        checkpoints of several fits in one run apart. A model with `set_epoch` is told each epoch."""
+        checkpoints of several fits in one run apart. A model with `set_epoch` is told each epoch.
+        `seed_rng=False` leaves the RNG as the caller seeded it (a fine-tune seeds once, before
+        its new head is initialised)."""
         from kernels.ceiling import matmul_peak
 
         c = self.cfg
@@ -177,7 +180,8 @@ class Trainer:
         # the ceiling, measured before any training work (once per process): a machine busy with
         # other jobs lowers it, and the record keeps it beside the achieved rate
         peak = matmul_peak(str(self.device), self.dtype if autocast else torch.float32)
-        torch.manual_seed(c.seed)
+        if seed_rng:
+            torch.manual_seed(c.seed)
         epoch_batches = {0: list(data(0))}
         per_epoch = len(epoch_batches[0])
         if per_epoch == 0:
@@ -190,7 +194,7 @@ class Trainer:
         params = param_groups(model, c.weight_decay, c.lr) if parameters is None else [
             {"params": list(parameters), "weight_decay": c.weight_decay}]
         trainable = [p for g in params for p in g["params"]]
-        opt = torch.optim.AdamW(params, lr=c.lr, fused=all(p.is_floating_point() for p in trainable))
+        opt = torch.optim.AdamW(params, lr=c.lr, fused=self.fused and all(p.is_floating_point() for p in trainable))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(warmup, total))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
