@@ -241,7 +241,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     timing = {"load_s": t_load.seconds, "calib_data_s": t_calib.seconds, **phases, "compress_s": t_comp.seconds,
               "eval_s": t_eval.seconds}
     extra: dict[str, Any] = dict(extra_training)
-    if timing_batches and after.params < before.params:
+    if timing_batches and (after.params < before.params or method.dynamic_speedup):
         if dense_copy is not None:
             dense_forward_s, forward_s = forward_seconds(dense_copy, loaded.model, batches=timing_batches,
                                                          device=p.device)

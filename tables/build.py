@@ -49,10 +49,10 @@ class TableSpec:
 TABLES = {
     "table2": TableSpec("table2", "table2_pruning_encoder.csv",
                         "Pruning of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
-                        "encoder", PRUNING),
+                        "encoder", PRUNING, presets=True),
     "table3": TableSpec("table3", "table3_pruning_decoder.csv",
                         "Pruning of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
-                        "decoder", PRUNING),
+                        "decoder", PRUNING, presets=True),
     "table4": TableSpec("table4", "table4_quantization_encoder.csv",
                         "Quantization of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
                         "encoder", QUANTIZATION, kind_column="uniform"),
@@ -150,6 +150,7 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
         "speedup": _speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
+        **_training(record),
     }
 
 
@@ -201,7 +202,8 @@ def _training(record: dict) -> dict[str, Any]:
 
 
 def presets(table: str) -> list[tuple[str, TableRow, float | None]]:
-    """(preset name, row metadata, target rate) of every conf/method preset with a row in `table`."""
+    """(preset name, row metadata, target) of every conf/method preset with a row in `table`; the
+    target: the preset's `rate`, or its speedup target (`speedup`) where it sets no rate."""
     from omegaconf import OmegaConf
     out = []
     for path in sorted(CONF_METHODS.glob("*.yaml")):
@@ -213,17 +215,23 @@ def presets(table: str) -> list[tuple[str, TableRow, float | None]]:
             continue
         row = method.table_row(table)
         if row is not None:
-            out.append((path.stem, row, getattr(method, "rate", None)))
+            target = getattr(method, "rate", None)
+            out.append((path.stem, row, target if target is not None else getattr(method, "speedup", None)))
     return out
 
 
-def preset_for(found: list[tuple[str, TableRow, float | None]], label: str, rate: float) -> str:
-    """The preset that runs a reported row (same label; same rate where the preset sets one)."""
-    same = [(p, r) for p, row, r in found if row.label == label]
-    for p, r in same:
-        if r is None or abs(r - rate) < 0.01:
+def preset_for(found: list[tuple[str, TableRow, float | None]], label: str, rate: float,
+               granularity: str | None = None, speedup: float | None = None) -> str:
+    """The preset that runs a reported row: the same label, the same granularity where both name
+    one, the same rate where the preset sets one (a row without a rate: the same speedup target)."""
+    same = [(p, row, r) for p, row, r in found if row.label == label]
+    fits = [(p, r) for p, row, r in same
+            if not granularity or not row.granularity or row.granularity == granularity]
+    target = speedup if _missing(rate) else rate
+    for p, r in fits:
+        if r is None or _missing(target) or abs(r - target) < 0.01:
             return p
-    return "not implemented" if not same else same[0][0]
+    return "not implemented" if not same else (fits or same)[0][0]
 
 
 def reported(spec: TableSpec) -> pd.DataFrame:
@@ -232,7 +240,10 @@ def reported(spec: TableSpec) -> pd.DataFrame:
     df.insert(0, "source", "reported")
     if spec.presets:
         found = presets(spec.key)
-        df.insert(2, "preset", [preset_for(found, m, r) for m, r in zip(df["method"], df["comp_rate"])])
+        grans = df["granularity"] if "granularity" in df.columns else [None] * len(df)
+        speed = df["speedup"] if "speedup" in df.columns else [None] * len(df)
+        df.insert(2, "preset", [preset_for(found, m, r, g, v)
+                                for m, r, g, v in zip(df["method"], df["comp_rate"], grans, speed)])
     return df
 
 
@@ -259,7 +270,8 @@ def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
         rows = _encoder_rows(spec, mine)
         extra = [c for c in ("plm",) if c not in rep.columns]
         extra += [c for c in ("speedup",) if c not in rep.columns]
-        extra += (TRAINING_COLUMNS if spec.key in ("table6", "table7") else []) + ["hardware", "record", "flags"]
+        trained = spec.key in ("table6", "table7") or any(r.get("training") for r in mine)
+        extra += (TRAINING_COLUMNS if trained else []) + ["hardware", "record", "flags"]
         repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
         if repro.empty:
             return rep
@@ -268,9 +280,11 @@ def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
     rows = [_decoder_row(spec, r, by_id) for r in mine]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
-    extra = ["delta_ppl", "model_comp_rate"] + (["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform"
-                                                 else []) + ["c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware",
-                                                             "record", "flags"]
+    quant = ["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform" else []
+    extra = ["delta_ppl", "model_comp_rate", *quant, "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
+             "flags"]
+    if any(r.get("training") for r in mine):
+        extra += TRAINING_COLUMNS
     repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
     if not repro.empty:
         repro = repro.sort_values(["plm", spec.kind_column, "comp_rate", "method", "record"], kind="stable")

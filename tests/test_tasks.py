@@ -26,7 +26,7 @@ def test_lm_task_gives_windows_of_the_valid_text_for_calibration_and_training(ma
     loaded = Loaded(tiny.model, tiny.tokenizer, tiny.family)
     calib = task.calibration(loaded, seed=0)
     assert isinstance(calib, TokenWindows) and calib.ids.shape == (4, 64)
-    train = task.training_data(loaded, batch_size=8, seed=0)
+    train = task.training_windows(loaded, seed=0)
     from eval.data import calibration_stream
     stream = calibration_stream("file", task.data, tiny.tokenizer, path="wikitext-2-tokens/valid.txt")
     assert train.ids.shape == (stream.numel() // 64, 64)
@@ -34,6 +34,9 @@ def test_lm_task_gives_windows_of_the_valid_text_for_calibration_and_training(ma
     windows = stream[: train.ids.numel()].view(-1, 64)
     assert torch.equal(torch.sort(train.ids.sum(1)).values, torch.sort(windows.sum(1)).values)
     assert not torch.equal(train.ids, windows)  # shuffled by the seed
+    batches = task.training_data(loaded, batch_size=8, seed=0).batches  # with next-token targets
+    assert torch.equal(torch.cat([b["input_ids"] for b in batches]), train.ids)
+    assert all(torch.equal(b["labels"], b["input_ids"]) for b in batches)
 
 
 def test_unknown_task_is_refused(make_config):

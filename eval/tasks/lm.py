@@ -12,7 +12,7 @@ from eval import data as data_mod
 from eval import models
 from eval.perplexity import perplexity
 from eval.tasks.base import Evaluation, Loaded, Task, register_task
-from methods.core.calibration import TokenWindows
+from methods.core.calibration import InputBatches, TokenWindows
 
 log = logging.getLogger("compbench")
 TIMING_WINDOWS = 8  # windows of the first evaluation stream timed per forward pass
@@ -75,7 +75,7 @@ class LanguageModelling(Task):
             c["source"], self.data, loaded.tokenizer, c["nsamples"], self.seqlen, seed,
             path=c.get("path"), join=c.get("join", "\n\n")))
 
-    def training_data(self, loaded: Loaded, batch_size: int, seed: int) -> TokenWindows:
+    def training_windows(self, loaded: Loaded, seed: int) -> TokenWindows:
         """Non-overlapping windows of the calibration text (offline: the WikiText-2 valid text),
         shuffled with `seed`; C4 (a document per window) draws as many windows as calib.nsamples."""
         c = self.cfg["calib"]
@@ -86,6 +86,16 @@ class LanguageModelling(Task):
         n = ids.numel() // self.seqlen
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return TokenWindows(ids[: n * self.seqlen].view(n, self.seqlen)[order])
+
+    def training_data(self, loaded: Loaded, batch_size: int, seed: int, limit: int | None = None) -> InputBatches:
+        """Batches of the training windows with their next-token targets (never the test split)."""
+        ids = self.training_windows(loaded, seed).ids
+        ids = ids[:limit] if limit else ids
+        return InputBatches([{"input_ids": ids[i:i + batch_size], "labels": ids[i:i + batch_size], "use_cache": False}
+                             for i in range(0, ids.shape[0], batch_size)])
+
+    def check_training(self, method) -> None:
+        method.check_family(self.family, self.hf_config)
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
         ids = data_mod.eval_tokens(self.cfg["eval"]["datasets"][0], self.data, loaded.tokenizer, self.seqlen)

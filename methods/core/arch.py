@@ -121,3 +121,9 @@ def scale_pairs(family: Family, block: nn.Module, norms_only: bool = False) -> l
         if all(in_features(mods[n]) == width for n in linears):
             out.append((prev, linears))
     return out
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` at the dotted path `name` under `root` (a linear swapped for its compressed form)."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)

@@ -127,12 +127,14 @@ class Method:
 
     `accepts` lists the calibration types the method can use (token windows of a causal LM, or
     batches of task inputs with targets); `needs_calibration` whether it needs any.
-    `physical`: the compressed model is physically smaller, so its forward speedup is measured.
+    `physical`: the compressed model is physically smaller, so its forward speedup is measured;
+    `dynamic_speedup`: it computes less without being smaller (token pruning), measured as well.
     """
 
     name: ClassVar[str]
     accepts: ClassVar[tuple[type, ...]] = (TokenWindows, InputBatches)
     physical: ClassVar[bool] = False
+    dynamic_speedup: ClassVar[bool] = False
     rows: ClassVar[Mapping[str, TableRow]] = {}  # table key -> how the method appears there
 
     @property

@@ -1,5 +1,8 @@
-"""The input Hessian H = 2/N Σ x xᵀ as the OBS solvers (GPTQ, SparseGPT) prepare it."""
+"""The input Hessian H = 2/N Σ x xᵀ as the OBS solvers (GPTQ, SparseGPT) prepare it, and the
+setting under which many small inverses run (oBERT's Fisher blocks, ZipLM's groups)."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -22,3 +25,18 @@ def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     H[idx, idx] += damp
     L = torch.linalg.cholesky(H)
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+
+@contextmanager
+def one_thread(device: torch.device):
+    """Batched small LAPACK calls on a CPU: one thread (the threaded path stalls on many small
+    matrices, by orders of magnitude on a busy machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from methods.core.hooks import forward_hooks
+from methods.core.outputs import task_logits
 
 MASK_BIAS = -1e4  # added to padded keys: exp() underflows to 0 without -inf's NaNs in a KL
 
@@ -69,7 +70,7 @@ class Tapped(nn.Module):
                 hooks.append((mods[name], _capture(found[key], layer, heads)))
         with forward_hooks(post=hooks):
             out = self.model(**batch, output_hidden_states=True)
-        logits = (out.logits,) if getattr(out, "logits", None) is not None else (out.start_logits, out.end_logits)
+        logits = task_logits(out)
         mask = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(batch["input_ids"],
                                                                                                 dtype=torch.bool)
         return Features(logits, getattr(out, "loss", None), tuple(out.hidden_states), mask, heads,

@@ -18,23 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.core.arch import replace_module
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
+from methods.core.outputs import task_logits
 from methods.lowrank.factorized import FactorizedLinear, svd_factors
-from methods.lowrank.hard_concrete import HardConcrete
-
-
-class _Reverse(torch.autograd.Function):
-    """Identity forward, negated gradient: AdamW's descent on λ is the Lagrangian's ascent."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -grad
+from methods.lowrank.hard_concrete import HardConcrete, lagrangian
 
 
 class GatedFactorized(nn.Module):
@@ -84,9 +74,7 @@ class _Pruned(nn.Module):
         return 1 - torch.stack([g.expected_params() for g in self.gated]).sum() / self.dense_params
 
     def lagrangian(self, target: float) -> torch.Tensor:
-        gap = self.expected_sparsity() - target
-        lam = _Reverse.apply(self.lam)
-        return lam[0] * gap + lam[1] * gap * gap
+        return lagrangian(self.lam, self.expected_sparsity() - target)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -127,10 +115,8 @@ class FLOP(TrainedMethod):
                     raise ValueError(f"FLOP factorises nn.Linear weights; {name} is a {type(layer).__name__}")
                 g = GatedFactorized(layer, self.gate_lr_scale).to(layer.weight.device)
                 self.dense_params += layer.weight.numel()
-                parent, _, leaf = name.rpartition(".")
-                owner = block.get_submodule(parent) if parent else block
-                setattr(owner, leaf, g)
-                gated[f"{i}.{name}"], owners[f"{i}.{name}"] = g, (owner, leaf)
+                replace_module(block, name, g)
+                gated[f"{i}.{name}"], owners[f"{i}.{name}"] = g, (block, name)
         pruned = _Pruned(model, gated, self.dense_params, self.lambda_lr_scale)
         teacher = Tapped(inputs.teacher, family) if self.distill else None
 
@@ -138,7 +124,7 @@ class FLOP(TrainedMethod):
             task = s.loss
             parts = {"task": task.detach(), "sparsity": pruned.expected_sparsity().detach()}
             if t is not None:
-                logits = (s.logits,) if getattr(s, "logits", None) is not None else (s.start_logits, s.end_logits)
+                logits = task_logits(s)
                 kd = torch.stack([logit_kl(a, b, self.temperature) for a, b in zip(logits, t.logits)]).mean()
                 task = task + kd
                 parts["kd"] = kd.detach()
@@ -147,9 +133,9 @@ class FLOP(TrainedMethod):
         self.expected_sparsity_end = float(pruned.expected_sparsity().detach())
         keep = self._budget(gated)
         for key, g in gated.items():
-            owner, leaf = owners[key]
+            owner, name = owners[key]
             new = g.finalise(keep[key])
-            setattr(owner, leaf, new)
+            replace_module(owner, name, new)
             self.ranks[key] = new.rank
             self.factor_params += new.first.weight.numel() + new.second.weight.numel()
         return model.eval()

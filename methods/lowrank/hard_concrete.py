@@ -32,3 +32,22 @@ class HardConcrete(nn.Module):
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / self.beta)
         return (s * (self.r - self.l) + self.l).clamp(0, 1)
+
+
+class _Reverse(torch.autograd.Function):
+    """Identity forward, negated gradient: AdamW's descent on λ is the Lagrangian's ascent."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def lagrangian(lam: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """λ₁·gap + λ₂·gap² with λ = (λ₁, λ₂) maximised (gradient reversal) while the rest is minimised:
+    the sparsity constraint of FLOP and CoFi (gap = expected sparsity − target)."""
+    lam = _Reverse.apply(lam)
+    return lam[0] * gap + lam[1] * gap * gap

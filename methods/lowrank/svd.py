@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.core.arch import replace_module
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
@@ -75,8 +76,7 @@ class LowRankSVD(TrainedMethod):
             self.dense_params += layer.weight.numel()
             new = factorize(layer, rank, None if weights is None else weights[key])
             self.factor_params += new.first.weight.numel() + new.second.weight.numel()
-            parent, _, leaf = name.rpartition(".")
-            setattr(block.get_submodule(parent) if parent else block, leaf, new)
+            replace_module(block, name, new)
         if self.finetune == "labels":
             from eval.finetune import label_loss
             inputs.fit(model, label_loss)

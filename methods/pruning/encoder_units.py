@@ -28,7 +28,8 @@ def require_encoder(family, method: str) -> None:
 
 
 def head_dim(model: nn.Module) -> int:
-    return model.config.hidden_size // model.config.num_attention_heads
+    cfg = model.config
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
 def layer_shapes(model: nn.Module, family) -> list[tuple[int, int]]:
@@ -44,16 +45,18 @@ def layer_shapes(model: nn.Module, family) -> list[tuple[int, int]]:
 @contextmanager
 def masks_applied(model: nn.Module, family, head_mask: torch.Tensor, neuron_mask: torch.Tensor):
     """Multiply head contexts and FFN activations by the masks during forwards inside the block.
-    The masks may require grad (Fisher) and may carry a leading batch dimension (B, L, H)."""
+    The masks may require grad (Fisher) and may carry a leading batch dimension (B, L, H). A head
+    unit is one key/value head with its query heads (one head without GQA)."""
     spec, hd = struct_spec(family), head_dim(model)
     pre = []
     for i, block in enumerate(family.blocks(model)):
         m = dict(block.named_modules())
+        width = hd * units(block, spec, hd).q_per_unit
 
-        def head_hook(_mod, args, i=i):
+        def head_hook(_mod, args, i=i, width=width):
             x = args[0]
             hm = head_mask[..., i, :] if head_mask.dim() == 3 else head_mask[i]
-            scale = hm.repeat_interleave(hd, dim=-1)
+            scale = hm.repeat_interleave(width, dim=-1)
             scale = scale.unsqueeze(-2) if scale.dim() == 2 else scale  # (B, 1, H·dh) over tokens
             return (x * scale.to(x.dtype),)
 
@@ -74,9 +77,9 @@ def prune_with_masks(model: nn.Module, family, head_mask: torch.Tensor, neuron_m
     spec, hd = struct_spec(family), head_dim(model)
     for i, block in enumerate(family.blocks(model)):
         m = dict(block.named_modules())
-        m[spec.o].weight.mul_(head_mask[i].repeat_interleave(hd).to(m[spec.o].weight.dtype).unsqueeze(0))
-        m[spec.mlp_down].weight.mul_(neuron_mask[i].to(m[spec.mlp_down].weight.dtype).unsqueeze(0))
         u = units(block, spec, hd)
+        m[spec.o].weight.mul_(head_mask[i].repeat_interleave(hd * u.q_per_unit).to(m[spec.o].weight.dtype).unsqueeze(0))
+        m[spec.mlp_down].weight.mul_(neuron_mask[i].to(m[spec.mlp_down].weight.dtype).unsqueeze(0))
         remove_units(block, spec, u, (head_mask[i] == 0).nonzero().flatten().tolist(),
                      (neuron_mask[i] == 0).nonzero().flatten().tolist())
 
@@ -91,9 +94,15 @@ def unit_flops(model: nn.Module, seq_len: int) -> tuple[int, int]:
 
 def encoder_flops(model: nn.Module, family, seq_len: int) -> int:
     """FLOPs of the encoder blocks for one sequence: heads and neurons kept. Biases, softmax and
-    norms are not counted; embeddings and task heads neither."""
-    head_f, neuron_f = unit_flops(model, seq_len)
-    return sum(heads * head_f + neurons * neuron_f for heads, neurons in layer_shapes(model, family))
+    norms are not counted; embeddings and task heads neither. The width is each block's own (a
+    model whose hidden dimensions were pruned is counted at its width)."""
+    spec, hd, S = struct_spec(family), head_dim(model), seq_len
+    total = 0
+    for block in family.blocks(model):
+        m = dict(block.named_modules())
+        d, heads, neurons = m[spec.q].in_features, m[spec.q].out_features // hd, m[spec.mlp_down].in_features
+        total += heads * (2 * S * d * hd * 4 + 2 * 2 * S * S * hd) + neurons * 2 * S * d * 2
+    return total
 
 
 class EncoderPruning(ModelMethod):

@@ -28,6 +28,7 @@ from torch import nn
 from methods.core.base import TableRow, register
 from methods.core.calibration import InputBatches, model_inputs
 from methods.core.hooks import forward_hooks
+from methods.core.outputs import task_logits
 from methods.pruning.encoder_units import EncoderPruning, encoder_flops, head_dim, layer_shapes, unit_flops
 from methods.pruning.structure import remove_units, struct_spec, units
 
@@ -35,13 +36,13 @@ from methods.pruning.structure import remove_units, struct_spec, units
 def soft_targets(model: nn.Module, batch: dict, device, T: float) -> list[torch.Tensor]:
     """The model's temperature-T predictions (QA: start and end distributions; else the classes)."""
     out = model(**model_inputs(batch, device))
-    logits = [out.start_logits, out.end_logits] if hasattr(out, "start_logits") else [out.logits]
+    logits = task_logits(out)
     return [F.softmax(x.float() / T, -1).detach() for x in logits]
 
 
 def distill_loss(model: nn.Module, batch: dict, targets: list[torch.Tensor], device, T: float) -> torch.Tensor:
     out = model(**model_inputs(batch, device))
-    logits = [out.start_logits, out.end_logits] if hasattr(out, "start_logits") else [out.logits]
+    logits = task_logits(out)
     kls = [F.kl_div(F.log_softmax(x.float() / T, -1), t, reduction="batchmean") * T ** 2
            for x, t in zip(logits, targets)]
     return sum(kls) / len(kls)

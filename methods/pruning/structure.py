@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.core.arch import Family, UnsupportedModel
+from methods.core.arch import Family, UnsupportedModel, replace_module
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,24 @@ class Units:
         return range(u * self.head_dim, (u + 1) * self.head_dim)
 
 
+class EmptyAttention(nn.Module):
+    """The attention of a block whose heads were all removed: it contributes nothing but the
+    output projection's bias. It keeps the removed module's (now empty) linears under their
+    names, so code that reads the block's structure still finds them. (Attention kernels refuse
+    zero heads on a GPU.)"""
+
+    def __init__(self, attn: nn.Module, o_inside: str | None):
+        super().__init__()
+        for name, child in attn.named_children():
+            setattr(self, name, child)
+        self.o_inside = o_inside
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
+        x = hidden_states if hidden_states is not None else args[0]
+        empty = x.new_zeros(*x.shape[:-1], 0)
+        return (getattr(self, self.o_inside)(empty) if self.o_inside else empty), None
+
+
 def units(block: nn.Module, spec: StructSpec, head_dim: int) -> Units:
     mods = dict(block.named_modules())
     q_out, kv_out = mods[spec.q].out_features, mods[spec.k].out_features
@@ -82,11 +100,6 @@ def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | No
     return new
 
 
-def _replace(block: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, leaf, new)
-
-
 @torch.no_grad()
 def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[int], drop_channels: list[int]) -> None:
     """Physically remove the given head and channel units from one block."""
@@ -96,21 +109,24 @@ def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[
         keep = [h for h in range(u.n_heads) if h not in set(drop_heads)]
         q_keep = torch.tensor([r for h in keep for r in u.q_rows(h)], device=dev, dtype=torch.long)
         kv_keep = torch.tensor([r for h in keep for r in u.kv_rows(h)], device=dev, dtype=torch.long)
-        _replace(block, spec.q, _sliced(mods[spec.q], q_keep, None))
-        _replace(block, spec.k, _sliced(mods[spec.k], kv_keep, None))
-        _replace(block, spec.v, _sliced(mods[spec.v], kv_keep, None))
-        _replace(block, spec.o, _sliced(mods[spec.o], None, q_keep))
+        replace_module(block, spec.q, _sliced(mods[spec.q], q_keep, None))
+        replace_module(block, spec.k, _sliced(mods[spec.k], kv_keep, None))
+        replace_module(block, spec.v, _sliced(mods[spec.v], kv_keep, None))
+        replace_module(block, spec.o, _sliced(mods[spec.o], None, q_keep))
         attn = block.get_submodule(spec.attn)
         for attr in spec.head_attrs:
             setattr(attn, attr, len(keep) * u.q_per_unit)
         if hasattr(attn, "all_head_size"):
             attn.all_head_size = len(keep) * u.q_per_unit * u.head_dim
+        if not keep and not isinstance(attn, EmptyAttention):
+            o_inside = spec.o[len(spec.attn) + 1:] if spec.o.startswith(spec.attn + ".") else None
+            replace_module(block, spec.attn, EmptyAttention(attn, o_inside))
     if drop_channels:
         keep = torch.tensor([c for c in range(u.n_channels) if c not in set(drop_channels)], device=dev,
                             dtype=torch.long)
         for name in spec.mlp_up:
-            _replace(block, name, _sliced(mods[name], keep, None))
-        _replace(block, spec.mlp_down, _sliced(mods[spec.mlp_down], None, keep))
+            replace_module(block, name, _sliced(mods[name], keep, None))
+        replace_module(block, spec.mlp_down, _sliced(mods[spec.mlp_down], None, keep))
 
 
 def unit_scores(block: nn.Module, spec: StructSpec, u: Units, elementwise: callable) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,11 +81,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms and other vectors (the BERT recipe); a
-    parameter with an `lr_scale` attribute (gates, Lagrange multipliers) learns at lr·lr_scale."""
+    parameter with an `lr_scale` attribute (gates, Lagrange multipliers) learns at lr·lr_scale, one
+    with `no_decay` (mask scores) without weight decay."""
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            plain = name.endswith(NO_DECAY) or p.dim() < 2
+            plain = name.endswith(NO_DECAY) or p.dim() < 2 or getattr(p, "no_decay", False)
             groups.setdefault((plain, getattr(p, "lr_scale", 1.0)), []).append(p)
     return [{"params": ps, "weight_decay": 0.0 if plain else weight_decay, "lr": lr * scale}
             for (plain, scale), ps in groups.items()]
@@ -161,14 +162,16 @@ class Trainer:
     def fit(self, model: nn.Module, data: Callable[[int], Sequence[Batch]], loss: Loss,
             teacher: nn.Module | None = None, evaluate: Callable[[nn.Module], float] | None = None,
             on_step: Callable[[int], None] | None = None, parameters: Sequence[nn.Parameter] | None = None,
-            steps: int | None = None, name: str = "fit", seed_rng: bool = True) -> FitResult:
+            steps: int | None = None, name: str = "fit", seed_rng: bool = True,
+            on_resume: Callable[[int], None] | None = None) -> FitResult:
         """Train `model` in place. `data(epoch)` gives that epoch's (seeded, shuffled) batches;
         `teacher` is run frozen beside it; `evaluate(model)` scores the dev set (higher is better);
         `on_step(step)` runs after each optimizer step, gradients still present (AdaLoRA);
         `steps` overrides the recipe's count (a stage of a longer schedule); `name` keeps the
         checkpoints of several fits in one run apart. A model with `set_epoch` is told each epoch.
         `seed_rng=False` leaves the RNG as the caller seeded it (a fine-tune seeds once, before
-        its new head is initialised)."""
+        its new head is initialised). `on_resume(step)` lets a method restore the state it keeps
+        outside the model (a schedule's current sparsity) when a checkpoint is resumed."""
         from kernels.ceiling import matmul_peak
 
         c = self.cfg
@@ -201,6 +204,8 @@ class Trainer:
         state = {"step": 0, "samples": 0, "tokens": 0, "wall_s": 0.0, "history": [], "best": None}
         best_weights = None
         resumed_at = self._resume(model, opt, sched, scaler, state)
+        if resumed_at is not None and on_resume is not None:
+            on_resume(resumed_at)
         if resumed_at is not None and state["best"] is not None and c.keep_best:
             best_weights = torch.load(self._path("best.pt"), map_location="cpu", weights_only=True)
 
