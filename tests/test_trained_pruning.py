@@ -176,6 +176,21 @@ def test_cofi_gates_made_physical_remove_the_expected_parameters_and_keep_the_ou
     assert block_params(model, fam) < 4 * (4 * 32 * 32 + 2 * 32 * 64)
 
 
+def test_gate_shift_reaches_the_target_sparsity_and_keeps_the_order():
+    from methods.core.arch import FAMILIES
+    from methods.pruning.trained.gates import StructureGates
+    gates = StructureGates(tiny_bert(dropout=0.0, qa=True), FAMILIES["bert"])
+    _set_gates(gates)
+    dense = gates.dense_params(False)
+    before = float(1 - gates.expected_params(False).detach() / dense)
+    order = gates.int.log_alpha.detach().argsort()
+    delta = gates.shift_to(min(0.95, before + 0.2), False)
+    after = float(1 - gates.expected_params(False).detach() / dense)
+    assert delta > 0 and after == pytest.approx(min(0.95, before + 0.2), abs=1e-3)
+    assert torch.equal(gates.int.log_alpha.detach().argsort(), order)
+    assert gates.shift_to(after - 0.1, False) == 0.0   # already sparse enough: untouched
+
+
 def test_simple_gates_on_a_llama_block_made_physical_keep_the_outputs(tiny):
     import copy
     from methods.pruning.trained.gates import StructureGates
