@@ -305,3 +305,54 @@ def test_trained_pruners_run_through_the_trainer_and_report_their_rate(name, kw,
         assert torch.isfinite(out(**b).start_logits).all()
     if method.physical and not method.dynamic_speedup and rec["kind"] == "structured":
         assert rec["params_after"] < rec["params_before"]
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_unfused_is_the_same_model_and_its_gates_made_physical_keep_the_outputs():
+    from methods.core.arch import FAMILIES
+    from methods.pruning.structure import unfuse_gpt2
+    from methods.pruning.trained.gates import StructureGates
+    fam = FAMILIES["gpt2"]
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    unfuse_gpt2(model, fam)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, dense, atol=1e-5, rtol=1e-5)
+    gates = StructureGates(model, fam, layers=False)
+    _set_gates(gates, seed=3)
+    with torch.no_grad(), gates.applied(model, gates.sample()):
+        masked = model(input_ids=ids).logits
+    facts = gates.make_physical(model)
+    with torch.no_grad():
+        physical = model(input_ids=ids).logits
+    assert facts["hidden_kept"] < 32 and sum(facts["heads_kept"]) < 8
+    assert model.transformer.wte.weight.shape[1] == facts["hidden_kept"]
+    torch.testing.assert_close(physical, masked, atol=1e-4, rtol=1e-4)
+
+
+def test_ziplm_prunes_gpt2_heads_and_neurons_to_a_smaller_model():
+    from methods.core.arch import FAMILIES
+    from methods.core.base import TrainingInputs, build
+    from methods.training.trainer import TrainConfig, Trainer
+    fam = FAMILIES["gpt2"]
+    teacher, model = _tiny_gpt2().requires_grad_(False), _tiny_gpt2()
+    ids = torch.randint(0, 100, (4, 16))
+    data = [{"input_ids": ids, "labels": ids}] * 2
+    trainer = Trainer(TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_ratio=0.0), torch.device("cpu"),
+                      progress=False)
+    method = build("ziplm", speedup=2.0, tables=["table3"])
+    params = sum(p.numel() for p in model.parameters())
+    out = method.compress_trained(model, fam, TrainingInputs(trainer, lambda e: data, teacher), torch.device("cpu"))
+    assert sum(p.numel() for p in out.parameters()) < params
+    assert method.facts["block_params_after"] < method.facts["block_params_before"]
+    with torch.no_grad():
+        assert torch.isfinite(out(input_ids=ids).logits).all()

@@ -34,7 +34,56 @@ STRUCTS = {
                       ("fc1",), "fc2", ("num_heads",)),
     "bert": StructSpec("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
                        "attention.output.dense", ("intermediate.dense",), "output.dense", ("num_attention_heads",)),
+    # GPT-2 once `unfuse_gpt2` has split c_attn into q, k, v linears and made every Conv1D a linear
+    "gpt2": StructSpec("attn", "attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj", ("mlp.c_fc",),
+                       "mlp.c_proj", ("num_heads",)),
 }
+
+
+class FusedQKV(nn.Module):
+    """GPT-2's fused c_attn as three linears: forward returns [q(x), k(x), v(x)] concatenated,
+    as c_attn did, so that the attention splits it at its `split_size`."""
+
+    def __init__(self, conv: nn.Module, width: int):
+        super().__init__()
+        w, b = conv.weight.data.t(), conv.bias.data        # Conv1D stores (in, out)
+        for i, name in enumerate(("q", "k", "v")):
+            lin = nn.Linear(w.shape[1], width, device=w.device, dtype=w.dtype)
+            lin.weight.data.copy_(w[i * width:(i + 1) * width])
+            lin.bias.data.copy_(b[i * width:(i + 1) * width])
+            setattr(self, name, lin)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.q.weight, self.k.weight, self.v.weight])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+def _linear_of(conv: nn.Module) -> nn.Linear:
+    w = conv.weight.data.t()
+    lin = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+    lin.weight.data.copy_(w)
+    lin.bias.data.copy_(conv.bias.data)
+    return lin
+
+
+@torch.no_grad()
+def unfuse_gpt2(model: nn.Module, family: Family) -> None:
+    """Give GPT-2 blocks the separate q, k, v and output linears that structured pruning slices
+    (the same function; idempotent). Other families are left as they are."""
+    if family.name != "gpt2":
+        return
+    from transformers.pytorch_utils import Conv1D
+    for block in family.blocks(model):
+        attn = block.attn
+        if isinstance(getattr(attn, "c_attn", None), Conv1D):
+            attn.c_attn = FusedQKV(attn.c_attn, attn.split_size)
+        for name in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            mod = block.get_submodule(name)
+            if isinstance(mod, Conv1D):
+                replace_module(block, name, _linear_of(mod))
 
 
 def struct_spec(family: Family) -> StructSpec:
@@ -118,6 +167,8 @@ def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[
             setattr(attn, attr, len(keep) * u.q_per_unit)
         if hasattr(attn, "all_head_size"):
             attn.all_head_size = len(keep) * u.q_per_unit * u.head_dim
+        if hasattr(attn, "split_size"):  # GPT-2 splits its fused q, k, v at this width
+            attn.split_size = len(keep) * u.q_per_unit * u.head_dim
         if not keep and not isinstance(attn, EmptyAttention):
             o_inside = spec.o[len(spec.attn) + 1:] if spec.o.startswith(spec.attn + ".") else None
             replace_module(block, spec.attn, EmptyAttention(attn, o_inside))

@@ -97,8 +97,8 @@ class CoFi(TrainedPruning):
         self.granularity = ("E," if hidden else "") + "N,H" + (",S" if layers else "")
 
     def check_family(self, family, config=None) -> None:
-        if family.name not in ("bert", "llama"):
-            raise ValueError(f"method '{self.name}' gates BERT and Llama blocks, not '{family.name}'")
+        if family.name not in ("bert", "llama", "gpt2"):
+            raise ValueError(f"method '{self.name}' gates BERT, Llama and GPT-2 blocks, not '{family.name}'")
 
     def teacher(self, inputs: TrainingInputs) -> nn.Module | None:
         if inputs.teacher is None:

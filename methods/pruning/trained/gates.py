@@ -24,11 +24,11 @@ from methods.core.arch import replace_module
 from methods.core.hooks import forward_hooks
 from methods.lowrank.hard_concrete import HardConcrete
 from methods.pruning.encoder_units import head_dim, prune_with_masks
-from methods.pruning.structure import _sliced, struct_spec, units
+from methods.pruning.structure import _sliced, struct_spec, unfuse_gpt2, units
 
 # modules outside the blocks that read the residual stream (their input columns are hidden dims)
 STREAM_READERS = ("qa_outputs", "bert.pooler.dense", "lm_head", "cls.predictions.transform.dense")
-EMBEDDING_NORM = {"bert": True, "llama": False}
+EMBEDDING_NORM = {"bert": True, "llama": False, "gpt2": False}
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -38,6 +38,10 @@ def is_norm(module: nn.Module) -> bool:
 
 def stream_norms(model: nn.Module, width: int) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if is_norm(m) and m.weight.shape == (width,)}
+
+
+def stream_embeddings(model: nn.Module, width: int) -> list[nn.Embedding]:
+    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.shape[1] == width]
 
 
 def restricted_norm(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -71,7 +75,8 @@ class StructureGates(nn.Module):
     def __init__(self, model: nn.Module, family, hidden: bool = True, layers: bool = True, lr_scale: float = 1000.0):
         super().__init__()
         if family.name not in EMBEDDING_NORM:
-            raise ValueError(f"structure gates know BERT and Llama blocks, not '{family.name}'")
+            raise ValueError(f"structure gates know BERT, Llama and GPT-2 blocks, not '{family.name}'")
+        unfuse_gpt2(model, family)
         self.family, self.spec, self.hd = family, struct_spec(family), head_dim(model)
         blocks = family.blocks(model)
         u = units(blocks[0], self.spec, self.hd)
@@ -160,8 +165,9 @@ class StructureGates(nn.Module):
         if self.hid is not None:
             for norm in stream_norms(model, self.d).values():
                 post.append((norm, lambda mod, a, y: restricted_norm(mod, a[0], kept) * hid.to(y.dtype)))
-            if not EMBEDDING_NORM[self.family.name]:
-                post.append((model.get_input_embeddings(), lambda _m, a, y: y * hid.to(y.dtype)))
+            if not EMBEDDING_NORM[self.family.name]:  # token (and position) embeddings sum into the stream
+                for emb in stream_embeddings(model, self.d):
+                    post.append((emb, lambda _m, a, y: y * hid.to(y.dtype)))
         with forward_hooks(pre=pre, post=post):
             yield
 
@@ -205,7 +211,8 @@ class StructureGates(nn.Module):
             if getattr(norm, "bias", None) is not None:
                 norm.bias.mul_(hid.to(norm.bias.dtype))
         if not EMBEDDING_NORM[self.family.name]:
-            emb.weight.mul_(hid.to(emb.weight.dtype).unsqueeze(0))
+            for e in stream_embeddings(model, self.d):
+                e.weight.mul_(hid.to(e.weight.dtype).unsqueeze(0))
         for name, mod in list(model.named_modules()):
             if isinstance(mod, nn.Embedding) and mod.weight.shape[1] == self.d:
                 new = nn.Embedding(mod.num_embeddings, kept.numel(), padding_idx=mod.padding_idx,

@@ -28,7 +28,7 @@ from methods.core.hessian import one_thread
 from methods.core.hooks import forward_hooks
 from methods.core.model_facts import ModelSize
 from methods.pruning.encoder_units import encoder_flops, head_dim
-from methods.pruning.structure import remove_units, struct_spec, units
+from methods.pruning.structure import remove_units, struct_spec, unfuse_gpt2, units
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.structured import block_params
 
@@ -276,6 +276,7 @@ class ZipLM(TrainedPruning):
                 "predicted_latency_s": sum(lat_i[k] for lat_i, k in zip(lat, keep)), "dense_latency_s": dense}
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
+        unfuse_gpt2(model, family)
         encoder = family.name == "bert"
         flops_before = encoder_flops(model, family, self.seq_len) if encoder else None
         params_before = block_params(model, family)
