@@ -15,8 +15,10 @@ stages: the speedup targets grow geometrically to the final one; KD fine-tuning 
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -234,7 +236,10 @@ class ZipLM(TrainedPruning):
                 model(**model_inputs(b, device))
         return [(h0 / max(n, 1), h1 / max(n, 1)) for h0, h1, n in acc]
 
-    def prune_to(self, model, family, speedup: float, batches, device) -> dict[str, Any]:
+    def prune_to(self, model, family, speedup: float, batches, device, plan: Path | None = None) -> dict[str, Any]:
+        """One stage: error curves, the latency table, the search, the OBS removal. `plan` keeps the
+        stage's decision on disk, so that a resumed run rebuilds the same shapes (the latency
+        table is a measurement, and would differ)."""
         spec, hd = struct_spec(family), head_dim(model)
         blocks = family.blocks(model)
         hs = self.hessians(model, family, batches, device)
@@ -258,7 +263,13 @@ class ZipLM(TrainedPruning):
             lat.append(att_t[:u.n_heads + 1])
             lat.append(ffn_t[:u.n_channels + 1])
         dense = sum(att_t[-1] + ffn_t[-1] for _ in blocks)
-        keep = search(errors, lat, dense / speedup)
+        if plan is not None and plan.is_file():
+            keep = json.loads(plan.read_text())["kept"]
+        else:
+            keep = search(errors, lat, dense / speedup)
+            if plan is not None:
+                plan.parent.mkdir(parents=True, exist_ok=True)
+                plan.write_text(json.dumps({"kept": keep}))
         for i, block in enumerate(blocks):
             m = dict(block.named_modules())
             u = units(block, spec, hd)
@@ -287,7 +298,9 @@ class ZipLM(TrainedPruning):
         stages = []
         for s, target in enumerate(targets):
             batches = inputs.data(s)[: self.calib_batches]
-            stages.append(self.prune_to(model.to(device), family, target, batches, device))
+            ckpt = inputs.trainer.checkpoint_dir
+            plan = ckpt / f"ziplm_stage{s}.json" if ckpt is not None else None
+            stages.append(self.prune_to(model.to(device), family, target, batches, device, plan))
             stage_steps = steps // self.stages + (steps % self.stages if s == self.stages - 1 else 0)
             if stage_steps:
                 inputs.fit(model, self.loss(), teacher=self.teacher(inputs), steps=stage_steps, name=f"stage{s}")
