@@ -150,7 +150,7 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
         "speedup": _speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
-        **_training(record),
+        **_training(record), **meta.columns,
     }
 
 
