@@ -6,8 +6,10 @@ length); tokens under it leave the sequence.
                 L = task + KD + λ (Σ_j E[tokens kept]·cost_j / dense − (1 − rate))²
     hard stage: m = 1[s > θ_j] (tokens removed), θ fixed, fine-tuned
 
-Deviation: the paper's L1 penalty on the soft masks is replaced by a penalty on the distance of
-the soft masks' FLOPs to the table's rate, so the run lands on it.
+Deviations, so that the run lands on the table's rate within a short budget: the paper's L1
+penalty on the soft masks is replaced by a penalty on the distance of the soft masks' FLOPs to the
+rate; and where the soft stage ends short of it, one common offset is added to every learned
+threshold (the smallest that meets the rate on 16 training batches) before the hard stage.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ class LTP(TokenPruning):
     def __init__(self, rate: float = 0.505, reg: float = 10.0, mask_temperature: float = 0.1,
                  threshold_lr_scale: float = 1000.0, preset: str = "ltp", label: str = "LTP", ref: str = "73",
                  **kw: Any):
-        kw.setdefault("deviations", ["FLOPs-target penalty instead of the L1 penalty on the soft masks"])
+        kw.setdefault("deviations", ["FLOPs-target penalty instead of the L1 penalty on the soft masks",
+                                     "thresholds offset by one constant to the rate before the hard stage"])
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)
         self.reg, self.mask_temperature, self.lr_scale = reg, mask_temperature, threshold_lr_scale
 
@@ -68,6 +71,34 @@ class LTP(TokenPruning):
             kept = [n0] + [m.sum(1) for m in policy.masks[:-1]]
             frac = (sum(cost(n) for n in kept) / (len(kept) * cost(n0))).mean()
             return self.reg * (frac - (1 - self.rate)) ** 2, {"flops_kept": frac.detach()}
-        self.run_stages(model, enc, inputs, device, extra=extra)
+        def calibrate() -> None:  # the hard stage starts at the rate (see the module docstring)
+            self.facts["learned_thresholds"] = policy.theta.detach().tolist()
+            self.facts["threshold_offset"] = self.offset_to_rate(model, enc, inputs, device)
+        self.run_stages(model, enc, inputs, device, extra=extra, after_soft=calibrate)
         self.facts["thresholds"] = policy.theta.detach().tolist()
         return model.eval()
+
+    @torch.no_grad()
+    def offset_to_rate(self, model, enc, inputs, device) -> float:
+        """The smallest offset c ≥ 0 added to every threshold with which the hard-stage FLOPs on
+        the first 16 training batches meet the target (bisection); the thresholds keep it."""
+        batches = inputs.data(0)[:16]
+        enc.hard = True
+        theta = enc.policy.theta.detach().clone()
+
+        def meets(c: float) -> bool:
+            enc.policy.theta.copy_(theta + c)
+            dense, kept = self.measure(model, enc, batches, device)
+            return kept <= (1 - self.rate) * dense
+
+        lo, hi = 0.0, 1.0
+        if not meets(0.0):
+            while not meets(hi) and hi < 1e3:
+                lo, hi = hi, hi * 2
+            for _ in range(14):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+            lo = hi
+        enc.policy.theta.copy_(theta + lo)
+        model.train()
+        return lo
