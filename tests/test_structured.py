@@ -132,13 +132,28 @@ def test_block_influence_is_one_minus_cosine():
 
 
 def test_structured_pruning_refuses_unknown_families(make_config, tmp_path):
-    from transformers import GPT2Config
+    from transformers import GPTNeoXConfig
 
     from eval.pipeline import ConfigError, plan
-    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+    AutoModelForCausalLM.from_config(GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(
         tmp_path, safe_serialization=True)
-    with pytest.raises(ConfigError, match=r"structured pruning knows .*'llama', 'opt'.* not 'gpt2'"):
+    with pytest.raises(ConfigError, match=r"structured pruning knows .*'llama', 'opt'.* not 'gpt_neox'"):
         plan(make_config(method="llm_pruner", **{"model.path": str(tmp_path)}))
+
+
+def test_llm_pruner_prunes_gpt2_through_its_unfused_attention(make_config, tmp_path, tiny_path):
+    from transformers import GPT2Config
+
+    from eval.pipeline import run
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=4096, n_embd=64, n_layer=2, n_head=4,
+                                                n_positions=128)).save_pretrained(tmp_path, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_path / f, tmp_path / f)
+    rec = run(make_config(method="llm_pruner", **{"model.path": str(tmp_path), "model.seqlen": 64,
+                                                 "calib.nsamples": 4, "eval.max_windows": 4}))
+    comp = rec["compression"]
+    assert comp["params_after"] < comp["params_before"] and comp["kind"] == "structured"
 
 
 # --- lm-eval bridge ---------------------------------------------------------------------------

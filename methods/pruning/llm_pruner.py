@@ -22,7 +22,8 @@ from torch import nn
 from methods.core.base import CompressionResult, Kind, ModelMethod, TableRow, register
 from methods.core.calibration import CalibrationData, TokenWindows
 from methods.core.model_facts import ModelSize, count_params, embedding_params
-from methods.pruning.structure import plan_removal, remove_units, struct_spec, unit_params, unit_scores, units
+from methods.pruning.structure import (plan_removal, remove_units, struct_spec, unfuse_gpt2, unit_params, unit_scores,
+                                       units)
 
 
 def accumulate_gradients(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> None:
@@ -96,6 +97,7 @@ class LLMPruner(ModelMethod):
                        batch_size: int = 4) -> nn.Module:
         windows = calib.ids if calib is not None else None
         spec = struct_spec(family)
+        unfuse_gpt2(model, family)
         blocks = family.blocks(model)
         start, end = self.layers if self.layers else (0, len(blocks))
         pruned = list(range(start, end))
