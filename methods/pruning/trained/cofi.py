@@ -134,6 +134,8 @@ class CoFi(TrainedPruning):
             if self.reach_target and step == warm:  # the rest of the run recovers from the shift
                 self.facts["expected_sparsity_at_warmup_end"] = float(expected_sparsity().detach())
                 self.facts["gate_logit_shift"] = gates.shift_to(self.rate, self.count_embeddings)
+                with torch.no_grad():  # the constraint holds now: multipliers grown while it did not would overshoot
+                    wrapped.lam.zero_()
 
         inputs.fit(wrapped, self.loss(extra), teacher=self.teacher(inputs), on_step=on_step,
                    on_resume=lambda step: clock.update(step=step), evaluate=self.dev_score(inputs))
