@@ -88,18 +88,15 @@ class StructureGates(nn.Module):
         self.mha = HardConcrete(self.L, lr_scale=lr_scale) if layers else None
         self.ffn = HardConcrete(self.L, lr_scale=lr_scale) if layers else None
         self.hid = HardConcrete(self.d, lr_scale=lr_scale) if hidden else None
-        mods = dict(blocks[0].named_modules())
-        hidden_, hd = self.d, self.hd
         # parameters per hidden dimension of one head unit and one neuron (weights only)
-        self.head_cost = (2 * self.q_per_unit + 2) * hd
+        self.head_cost = (2 * self.q_per_unit + 2) * self.hd
         self.neuron_cost = len(self.spec.mlp_up) + 1
         self.embed_cost = sum(m.weight.shape[0] for m in model.modules()
-                              if isinstance(m, nn.Embedding) and m.weight.shape[1] == hidden_)
+                              if isinstance(m, nn.Embedding) and m.weight.shape[1] == self.d)
         out = model.get_output_embeddings()
         tied = out is not None and out.weight is model.get_input_embeddings().weight
-        if out is not None and not tied and out.weight.shape[1] == hidden_:
+        if out is not None and not tied and out.weight.shape[1] == self.d:
             self.embed_cost += out.weight.shape[0]
-        del mods
 
     # ---- gate values -----------------------------------------------------------------------------
     def sample(self) -> dict[str, torch.Tensor]:
