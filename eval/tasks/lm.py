@@ -95,6 +95,9 @@ class LanguageModelling(Task):
                              for i in range(0, ids.shape[0], batch_size)])
 
     def check_training(self, method) -> None:
+        if "decoder" not in method.roles:
+            raise ValueError(f"task '{self.name}' has no training recipe for '{method.name}': it trains encoders; "
+                             f"pick an encoder task (squad, mnli, qqp, squad_dev_split)")
         method.check_family(self.family, self.hf_config)
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:

@@ -235,6 +235,7 @@ class TrainedMethod(Method):
 
     uses_teacher: ClassVar[bool] = True
     from_pretrained: ClassVar[bool] = False
+    roles: ClassVar[tuple[str, ...]] = ("encoder",)   # the task roles it trains on (decoder: SIMPLE, ZipLM)
 
     def check_family(self, family, config=None) -> None:
         """Raise ValueError if the method cannot train this model (its family, its HF config),

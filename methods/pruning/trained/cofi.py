@@ -75,6 +75,7 @@ def layer_distill(proj: nn.Linear, student: tuple[torch.Tensor, ...],
 @register("cofi")
 class CoFi(TrainedPruning):
     physical = True
+    roles = ("encoder", "decoder")
 
     def __init__(self, rate: float = 0.75, hidden: bool = True, layers: bool = True, layer_distill: float = 1.0,
                  warmup_frac: float = 0.5, gate_lr_scale: float = 1000.0, lambda_lr_scale: float = 1000.0,

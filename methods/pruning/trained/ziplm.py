@@ -189,6 +189,7 @@ def search(errors: list[list[float]], latency: list[list[float]], budget: float,
 @register("ziplm")
 class ZipLM(TrainedPruning):
     physical = True
+    roles = ("encoder", "decoder")
     granularity = "N,H,S"
 
     def __init__(self, speedup: float = 7.0, stages: int = 2, calib_batches: int = 8, damp: float = 0.01,
