@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install data model demo test test-fast table3 table5 table2 table4 table6 table7 table2-high-cost \
-        table3-trained bench bench-train clean
+        table3-trained table4-trained table5-trained bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ table3-trained: model
 	$(PY) scripts/run.py +sweep=table3_trained $(TRAINED) $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table3]
 
+# Table 5's fine-tuned rows (PEQA, QLoRA) and RPTQ on the tiny Llama, trained on the WikiText-2 valid text.
+table5-trained: model
+	$(PY) scripts/run.py +sweep=table5_trained $(TRAINED) $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table5]
+
 table5: model
 	$(PY) scripts/run.py +sweep=table5 $(ARGS)
 	$(PY) scripts/run.py +sweep=table5_w8a8 $(ARGS)
@@ -80,6 +85,11 @@ table2: model
 table2-high-cost: model
 	$(PY) scripts/run.py +sweep=table2_high_cost $(ENCODER) $(TRAINED) $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table2] $(filter paths.results=%,$(ENCODER))
+
+# Table 4's quantization-aware rows (Q8BERT, TernaryBERT) and their post-training baselines.
+table4-trained: model
+	$(PY) scripts/run.py +sweep=table4_trained $(ENCODER) $(TRAINED) $(ARGS)
+	$(PY) scripts/tables.py print=true tables=[table4] $(filter paths.results=%,$(ENCODER))
 
 table4: model
 	$(PY) scripts/run.py +sweep=table4 $(ENCODER) $(ARGS)

@@ -100,6 +100,8 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
             identity["calib"] = calib
         if train is not None:
             identity["train"] = train.identity()
+            if task.training_identity() is not None:
+                identity["train_text"] = task.training_identity()
     return RunPlan(cfg, task, method, device, identity, dense_identity)
 
 

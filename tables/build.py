@@ -55,10 +55,10 @@ TABLES = {
                         "decoder", PRUNING, presets=True),
     "table4": TableSpec("table4", "table4_quantization_encoder.csv",
                         "Quantization of encoder-only models: accuracy / F1 difference (%p) to the fine-tuned model.",
-                        "encoder", QUANTIZATION, kind_column="uniform"),
+                        "encoder", QUANTIZATION, kind_column="uniform", presets=True),
     "table5": TableSpec("table5", "table5_quantization_decoder.csv",
                         "Quantization of decoder-only models: WikiText-2 perplexity (reported vs reproduced).",
-                        "decoder", QUANTIZATION, kind_column="uniform"),
+                        "decoder", QUANTIZATION, kind_column="uniform", presets=True),
     "table6": TableSpec("table6", "table6_distillation_encoder.csv",
                         "Knowledge distillation into a student with fewer layers: accuracy / F1 difference (%p) "
                         "to the fine-tuned teacher; rate = fraction of the teacher's layers removed.",

@@ -111,3 +111,13 @@ def test_a_newcomers_methods_run_and_appear_in_their_table(make_config):
     assert repro.loc["Toy block drop", "granularity"] == "L"
     assert repro.loc["Toy block drop", "speedup"] > 0
     assert pd.isna(repro.loc["toy_act_prune", "speedup"])
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"method": "ternarybert"}, r"task 'lm' has no training recipe for 'ternarybert': it trains encoders"),
+    ({"method": "qlora", "model": "minilm", "task": "squad_dev_split"},
+     r"task 'squad_dev_split' has no training recipe for 'qlora': it trains decoders; use task=lm_finetune"),
+])
+def test_a_trained_method_refuses_a_task_of_the_other_role_before_any_work(make_config, over, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(make_config(**over))

@@ -56,5 +56,12 @@ def test_rates_come_from_the_typed_result():
     smaller = ModelSize(750, 200, 350, 0, (0.0,))
     s = CompressionResult(Kind.STRUCTURED, "N,H", before, smaller).rates(16)
     assert s["comp_rate"] == 0.25 and s["comp_rate_no_embeddings"] == pytest.approx(250 / 800)
+    narrower = ModelSize(600, 100, 350, 0, (0.0,))    # hidden dims pruned: the embeddings shrank too
+    n = CompressionResult(Kind.STRUCTURED, "E,N,H", before, narrower).rates(16)
+    assert n["comp_rate_no_embeddings"] == pytest.approx((800 - 500) / 800)
+    # a row counted as its paper counts it (nominal bits), the full-overhead rate kept beside it
+    nq = CompressionResult(Kind.QUANTIZED, "W", before, before, stored_bits=600 * 4 + 1600, quantized_weights=600,
+                           nominal_rate=1 - 4 / 32).rates(16)
+    assert nq["comp_rate"] == 0.875 and nq["overhead_comp_rate"] == pytest.approx(1 - 4000 / (16 * 600))
     f = CompressionResult(Kind.STRUCTURED, "N,H", before, smaller, RateBasis.FLOPS, flops_before=100, flops_after=40)
     assert f.rates(32)["comp_rate"] == pytest.approx(0.6) and f.rates(32)["param_comp_rate"] == 0.25

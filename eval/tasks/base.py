@@ -88,6 +88,10 @@ class Task:
         (shuffled with `seed`; `limit` caps the number of sequences or features)."""
         raise NotImplementedError
 
+    def training_identity(self) -> dict[str, Any] | None:
+        """What identifies the training data when the task names it apart from its other settings."""
+        return None
+
     def check_training(self, method) -> None:
         """Raise ValueError if `method` (a trained one) cannot train on this task."""
         raise ValueError(f"task '{self.name}' has no training recipe for '{method.name}'; "

@@ -140,6 +140,9 @@ class EncoderTask(Task):
         return InputBatches(self.training_batches(loaded.tokenizer, batch_size, seed, limit))
 
     def check_training(self, method) -> None:
+        if "encoder" not in method.roles:
+            raise ValueError(f"task '{self.name}' has no training recipe for '{method.name}': it trains decoders; "
+                             f"use task=lm_finetune (or task=lm) with a causal LM")
         method.check_family(self.family, self.model_config)
 
     def load_pretrained(self, device: torch.device | str) -> torch.nn.Module:

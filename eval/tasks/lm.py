@@ -76,9 +76,10 @@ class LanguageModelling(Task):
             path=c.get("path"), join=c.get("join", "\n\n")))
 
     def training_windows(self, loaded: Loaded, seed: int) -> TokenWindows:
-        """Non-overlapping windows of the calibration text (offline: the WikiText-2 valid text),
-        shuffled with `seed`; C4 (a document per window) draws as many windows as calib.nsamples."""
-        c = self.cfg["calib"]
+        """Non-overlapping windows of the training text, shuffled with `seed`: the task's
+        `train_text` (task=lm_finetune), else the calibration text (offline: the WikiText-2 valid
+        text); C4 (a document per window) draws as many windows as calib.nsamples."""
+        c = self.cfg["task"].get("train_text") or self.cfg["calib"]
         if c["source"] == "c4":
             return self.calibration(loaded, seed)
         ids = data_mod.calibration_stream(c["source"], self.data, loaded.tokenizer, path=c.get("path"),
@@ -93,6 +94,9 @@ class LanguageModelling(Task):
         ids = ids[:limit] if limit else ids
         return InputBatches([{"input_ids": ids[i:i + batch_size], "labels": ids[i:i + batch_size], "use_cache": False}
                              for i in range(0, ids.shape[0], batch_size)])
+
+    def training_identity(self) -> dict[str, Any] | None:
+        return self.cfg["task"].get("train_text")
 
     def check_training(self, method) -> None:
         if "decoder" not in method.roles:

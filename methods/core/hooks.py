@@ -36,3 +36,8 @@ def attach(module: nn.Module, key: str, fn: Hook, pre: bool = True) -> None:
         held.pop(key).remove()
     held[key] = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
 
+
+
+def attached(module: nn.Module) -> frozenset[str]:
+    """The keys of the hooks `attach` keeps on `module`."""
+    return frozenset(module.__dict__.get(_PERSISTENT, {}))

@@ -8,7 +8,8 @@ ACT_SQ = "act_sq"          # Σ_tokens x_j² / N (Wanda's `scaler_row`; ‖X_j�
 ACT_ABSMAX = "act_absmax"  # max_tokens |x_j| (SmoothQuant, static activation ranges)
 ACT_ABSMEAN = "act_absmean"  # mean_tokens |x_j| (AWQ's activation salience)
 INPUTS = "inputs"          # the raw input rows themselves (AWQ's scale and clipping searches)
-KINDS = (HESSIAN, ACT_SQ, ACT_ABSMAX, ACT_ABSMEAN, INPUTS)
+ACT_RANGE = "act_range"    # (max_tokens x_j, min_tokens x_j) per input channel (RPTQ's clustering)
+KINDS = (HESSIAN, ACT_SQ, ACT_ABSMAX, ACT_ABSMEAN, INPUTS, ACT_RANGE)
 
 
 class LinearStats:
@@ -26,6 +27,8 @@ class LinearStats:
         self._absmax = torch.zeros(in_features, device=device) if ACT_ABSMAX in kinds else None
         self._abssum = torch.zeros(in_features, device=device) if ACT_ABSMEAN in kinds else None
         self._rows: list[torch.Tensor] | None = [] if INPUTS in kinds else None
+        self._max = torch.full((in_features,), -torch.inf, device=device) if ACT_RANGE in kinds else None
+        self._min = torch.full((in_features,), torch.inf, device=device) if ACT_RANGE in kinds else None
 
     def add_batch(self, inp: torch.Tensor) -> None:
         """`inp`: the layer input of a batch of sequences, (batch, tokens, in) or (tokens, in)."""
@@ -44,6 +47,9 @@ class LinearStats:
             self._abssum.add_(x.abs().sum(0))
         if self._rows is not None:
             self._rows.append(inp.reshape(-1, inp.shape[-1]).clone())
+        if self._max is not None:
+            torch.maximum(self._max, x.amax(0), out=self._max)
+            torch.minimum(self._min, x.amin(0), out=self._min)
 
     @property
     def hessian(self) -> torch.Tensor:
@@ -60,6 +66,11 @@ class LinearStats:
     @property
     def act_absmean(self) -> torch.Tensor:
         return self._abssum / self.ntokens
+
+    @property
+    def act_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-channel max, per-channel min) over the calibration tokens."""
+        return self._max, self._min
 
     @property
     def inputs(self) -> torch.Tensor:

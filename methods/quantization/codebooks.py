@@ -32,7 +32,7 @@ def gaussian_outliers(W: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @register("kmeans_quant")
 class KMeansQuant(QuantMethod):
-    rows = {"table4": TableRow("K-means Quant.", "175", uniform="NUQ")}
+    rows = {"table4": TableRow("K-means Quant. (post-training)", "175", uniform="NUQ")}
 
     def __init__(self, wbits: int = 3, iters: int = 50):
         super().__init__(wbits, False, -1, "tensor", "minmax")

@@ -1,5 +1,6 @@
-"""Q8BERT (Zafrir et al., 2019), post-training: symmetric linear 8-bit weights with one scale per
-weight matrix (max|W| / 127), and 8-bit symmetric activations with calibrated static ranges."""
+"""Q8BERT (Zafrir et al., 2019), post-training, the baseline of the QAT row (`q8bert_qat`):
+symmetric linear 8-bit weights with one scale per weight matrix (max|W| / 127), and 8-bit
+symmetric activations with calibrated static ranges."""
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ from methods.quantization.codebooks import FP32_BITS
 @register("q8bert")
 class Q8BERT(QuantMethod):
     stats = frozenset({ACT_ABSMAX})
-    rows = {"table4": TableRow("Q8BERT", "169", uniform="UQ")}
+    rows = {"table4": TableRow("Q8BERT (post-training)", "169", uniform="UQ")}
 
     def __init__(self, wbits: int = 8, abits: int = 8):
         super().__init__(wbits, True, -1, "tensor", "minmax")

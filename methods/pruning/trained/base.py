@@ -9,58 +9,24 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from methods.core.base import TableRow, TrainedMethod, TrainingInputs
-from methods.core.outputs import task_logits
-from methods.distillation.losses import logit_kl
+from methods.core.base import TableRow, TrainingInputs
+from methods.training.objectives import prediction_loss
+from methods.training.row_method import RowMethod
 
 Extra = Callable[[Any, Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (s_out, t_out, batch)
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A training batch (inputs and targets) on `device`."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def kd_loss(s_out, t_out, temperature: float) -> torch.Tensor:
-    """KL between the teacher's and the student's softened predictions (per token for an LM)."""
-    terms = [logit_kl(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), temperature)
-             for a, b in zip(task_logits(s_out), task_logits(t_out))]
-    return torch.stack(terms).mean()
-
-
-def prediction_loss(s_out, t_out, distill: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """task loss + distill · KD (the teacher's outputs, when there is a teacher)."""
-    loss, parts = s_out.loss, {"task": s_out.loss.detach()}
-    if t_out is not None and distill:
-        kd = kd_loss(s_out, t_out, temperature)
-        loss, parts["kd"] = loss + distill * kd, kd.detach()
-    return loss, parts
-
-
-class TrainedPruning(TrainedMethod):
-    """`distill`: weight of the logit-distillation term (0: labels only, no teacher loaded);
-    `deviations`: where this run departs from the paper (recorded with the result)."""
+class TrainedPruning(RowMethod):
+    """A prune-while-training row (see RowMethod for `distill` and `deviations`)."""
 
     granularity: str = "W"
 
     def __init__(self, preset: str, label: str, ref: str, distill: float = 1.0, temperature: float = 2.0,
                  deviations: Sequence[str] = (), tables: Sequence[str] = ("table2",)):
-        if distill < 0:
-            raise ValueError(f"distill (the KD weight) must be >= 0, got {distill}")
-        self.preset, self.lab, self.ref = preset, label, ref
-        self.distill, self.temperature = distill, temperature
-        self.deviations = list(deviations)
-        self.tables = tuple(tables)
-        self.facts: dict[str, Any] = {}
+        super().__init__(preset, label, ref, distill, temperature, deviations, tables)
 
-    @property
-    def uses_teacher(self) -> bool:
-        return self.distill > 0
-
-    @property
-    def rows(self) -> dict[str, TableRow]:
-        return {t: TableRow(self.lab, self.ref, self.granularity, cost="high", columns={"preset": self.preset})
-                for t in self.tables}
+    def row(self) -> TableRow:
+        return TableRow(self.lab, self.ref, self.granularity, cost="high", columns={"preset": self.preset})
 
     def loss(self, extra: Extra | None = None):
         """The trainer's loss: prediction loss, plus a method's own term (regulariser, contrast)."""

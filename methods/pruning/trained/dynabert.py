@@ -22,7 +22,8 @@ from methods.core.base import CompressionResult, Kind, RateBasis, TrainingInputs
 from methods.core.model_facts import ModelSize
 from methods.pruning.encoder_units import (encoder_flops, masks_applied, prune_with_masks, require_encoder,
                                            unit_flops)
-from methods.pruning.trained.base import TrainedPruning, kd_loss, to_device
+from methods.pruning.trained.base import TrainedPruning
+from methods.training.objectives import kd_loss, to_device
 from methods.pruning.trained.cap import HiddenStates
 from methods.pruning.trained.structured import unit_counts
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.core.arch import replace_module
+from methods.core.wrapped_linears import LinearWrapper, unwrap_block_linears, wrap_block_linears
 
 
 class TopKMask(torch.autograd.Function):
@@ -64,13 +64,13 @@ def global_keep(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, t
     return out
 
 
-class MaskedLinear(nn.Module):
+class MaskedLinear(LinearWrapper):
     def __init__(self, linear: nn.Linear, mode: str = "fixed", score_init: float | None = None,
                  score_lr_scale: float = 1.0, track_movement: bool = False, temperature: float = 1.0):
-        super().__init__()
+        super().__init__(linear)
         if mode not in ("fixed", "topk", "threshold"):
             raise ValueError(f"mask mode '{mode}' is not fixed, topk or threshold")
-        self.linear, self.mode, self.track_movement = linear, mode, track_movement
+        self.mode, self.track_movement = mode, track_movement
         w = linear.weight
         self.register_buffer("mask", torch.ones_like(w, dtype=torch.bool))
         self.register_buffer("movement", torch.zeros_like(w) if track_movement else None)
@@ -85,14 +85,6 @@ class MaskedLinear(nn.Module):
             self.threshold.lr_scale, self.threshold.no_decay = score_lr_scale, True
         self.sparsity = 0.0          # topk: the schedule's current target
         self.temperature = temperature
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.linear.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.linear.bias
 
     def current_mask(self) -> torch.Tensor:
         if self.mode == "topk":
@@ -131,23 +123,15 @@ class MaskedLinear(nn.Module):
         self.linear.weight.mul_(self.final_keep().to(self.weight.dtype))
         return self.linear
 
+    def unwrap(self) -> nn.Linear:
+        return self.finalise()
+
 
 def wrap_linears(model: nn.Module, family, **kw) -> dict[str, MaskedLinear]:
     """Replace every block linear by a MaskedLinear; keys '<block>.<name>'."""
-    out = {}
-    for i, block in enumerate(family.blocks(model)):
-        for name, layer in family.linears(block).items():
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(f"weight masks wrap nn.Linear layers; {name} is a {type(layer).__name__}")
-            masked = MaskedLinear(layer, **kw)
-            replace_module(block, name, masked)
-            out[f"{i}.{name}"] = masked
-    return out
+    return wrap_block_linears(model, family, lambda key, layer: MaskedLinear(layer, **kw), "weight masks")
 
 
 def unwrap_linears(model: nn.Module, family, masked: dict[str, MaskedLinear]) -> None:
     """Put the finalised plain linears back in place of the MaskedLinears."""
-    blocks = family.blocks(model)
-    for key, m in masked.items():
-        i, name = key.split(".", 1)
-        replace_module(blocks[int(i)], name, m.finalise())
+    unwrap_block_linears(model, family, masked)

@@ -1,0 +1,104 @@
+"""MREM (Bai et al., 2021) [6]: module-wise reconstruction error minimisation, post-training. The
+network is cut into modules (here one Transformer block each); each module's quantized copy
+learns to reproduce the full-precision module's output on a small calibration set:
+
+    for each block (independently: teacher forcing, so blocks can run in parallel):
+        inputs x: the full-precision model's hidden states entering the block
+        min over latent weights W and step sizes s (LSQ)  ‖f̂_block(x) − f_block(x)‖²
+        with Q_w: b_w-bit symmetric per output channel (learned step), Q_a: 8-bit per tensor
+    then freeze: weights on their grid, activation ranges static
+
+Because every block is fed the full-precision inputs (the paper's teacher forcing at its end
+point), the blocks do not depend on each other: the engine visits them in order, but each fit
+could run on its own device. Table 4's row: BERT-large W2A8, 2 bits against fp32 (93.8%).
+
+Deviation: the paper anneals from teacher-forced to quantized inputs over the fit; this is its
+fully teacher-forced form (the parallel one), recorded as such."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.core.arch import replace_module
+from methods.core.base import CompressionResult, TableRow, register
+from methods.core.model_facts import ModelSize
+from methods.quantization.base import QuantMethod
+from methods.quantization.codebooks import FP32_BITS
+from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight
+
+
+@register("mrem")
+class MREM(QuantMethod):
+    """`wbits`, `abits`; `steps`, `lr`: the reconstruction fit of each block (Adam over the
+    calibration batches, cycling)."""
+
+    rows = {"table4": TableRow("MREM", "6", uniform="UQ", columns={"preset": "mrem"})}
+    propagate_compressed = False   # the next block sees full-precision inputs: teacher forcing
+    plans = True                   # needs calibration batches though it gathers no statistics
+
+    def __init__(self, wbits: int = 2, abits: int = 8, steps: int = 200, lr: float = 1e-4, preset: str = "mrem"):
+        super().__init__(wbits, True, -1, "channel", "minmax")
+        if steps < 1:
+            raise ValueError(f"MREM needs at least one optimisation step per block, got steps={steps}")
+        self.abits, self.steps, self.lr, self.preset = abits, steps, lr, preset
+        self.fits: list[dict[str, float]] = []
+
+    def compress_block(self, session, block_index: int, block: nn.Module, inputs) -> None:
+        linears = session.family.linears(block)
+        batches = [(h.clone(), _plain(args), _plain(kwargs)) for h, (args, kwargs) in inputs]
+        with torch.no_grad():
+            targets = [_out(block(h, *a, **k)).clone() for h, a, k in batches]
+        wrapped = {}
+        for name, lin in linears.items():
+            wq = UniformWeight(self.spec.bits, sym=True, per="channel", learn_scale=True, weight=lin.weight)
+            wrapped[name] = FakeQuantLinear(lin, wq, ActQuant(self.abits) if self.abits < 16 else None)
+            replace_module(block, name, wrapped[name])
+        params = [p for p in block.parameters()]
+        with torch.enable_grad():
+            block.train()
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=self.lr)
+            first = last = None
+            for step in range(self.steps):
+                h, a, k = batches[step % len(batches)]
+                loss = (_out(block(h, *a, **k)) - targets[step % len(batches)]).pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                first = float(loss.detach()) if first is None else first
+                last = float(loss.detach())
+            block.eval()
+            for p in params:
+                p.requires_grad_(False)
+        self.fits.append({"block": block_index, "mse_first_step": first, "mse_last_step": last})
+        for name, m in wrapped.items():
+            self.account(block_index, name, *m.weight.shape, n_groups=0,
+                         extra_bits=m.weight_q.stats(m.weight) * FP32_BITS)
+            replace_module(block, name, m.freeze())
+
+    def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
+        res = super().result(before, after)
+        res.nominal_rate = 1 - self.spec.bits / 32
+        return res
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "abits": self.abits if self.abits < 16 else None, "steps_per_block": self.steps,
+                "lr": self.lr, "inputs": "full precision (teacher forcing)", "fits": self.fits, "preset": self.preset}
+
+
+def _plain(x):
+    """Normal copies of the captured tensors (inference-mode tensors cannot enter autograd)."""
+    if torch.is_tensor(x):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    return x
+
+
+def _out(y):
+    return y[0] if isinstance(y, tuple) else y

@@ -1,0 +1,31 @@
+"""Training objectives shared by the methods that fine-tune while they compress (pruning, QAT):
+the task loss plus logit distillation from the frozen fine-tuned teacher."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from methods.core.outputs import task_logits
+from methods.distillation.losses import logit_kl
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A training batch (inputs and targets) on `device`."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def kd_loss(s_out, t_out, temperature: float) -> torch.Tensor:
+    """KL between the teacher's and the student's softened predictions (per token for an LM)."""
+    terms = [logit_kl(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), temperature)
+             for a, b in zip(task_logits(s_out), task_logits(t_out))]
+    return torch.stack(terms).mean()
+
+
+def prediction_loss(s_out, t_out, distill: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """task loss + distill · KD (the teacher's outputs, when there is a teacher)."""
+    loss, parts = s_out.loss, {"task": s_out.loss.detach()}
+    if t_out is not None and distill:
+        kd = kd_loss(s_out, t_out, temperature)
+        loss, parts["kd"] = loss + distill * kd, kd.detach()
+    return loss, parts
