@@ -11,11 +11,12 @@ from methods.core.calibration import InputBatches, TokenWindows
 
 
 def test_every_task_config_names_a_registered_task(make_config):
-    names = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
-    assert names == task_names()
-    for name in names:
-        task = build_task(make_config(task=name))
-        assert task.role in ("decoder", "encoder")
+    from omegaconf import OmegaConf
+    configs = {p.stem: OmegaConf.load(p)["name"] for p in (ROOT / "conf" / "task").glob("*.yaml")}
+    assert sorted(set(configs.values())) == task_names()   # variants (lm_finetune) name a task too
+    for stem, name in configs.items():
+        task = build_task(make_config(task=stem))
+        assert task.name == name and task.role in ("decoder", "encoder")
         assert task.bit_base == (16 if task.role == "decoder" else 32)  # the survey's bases
         assert task.calibration_type is (TokenWindows if task.role == "decoder" else InputBatches)
 
@@ -37,6 +38,18 @@ def test_lm_task_gives_windows_of_the_valid_text_for_calibration_and_training(ma
     batches = task.training_data(loaded, batch_size=8, seed=0).batches  # with next-token targets
     assert torch.equal(torch.cat([b["input_ids"] for b in batches]), train.ids)
     assert all(torch.equal(b["labels"], b["input_ids"]) for b in batches)
+
+
+def test_lm_finetune_trains_on_its_own_text_and_names_it_in_the_identity(make_config, tiny):
+    cfg = make_config(**{"task": "lm_finetune", "model.seqlen": 64, "calib.path": "wikitext-2-raw/wiki.train.raw"})
+    task = build_task(cfg)
+    task.prepare()
+    assert task.training_identity() == {"source": "file", "path": "wikitext-2-tokens/valid.txt", "join": "\n\n"}
+    loaded = Loaded(tiny.model, tiny.tokenizer, tiny.family)
+    from eval.data import calibration_stream
+    stream = calibration_stream("file", task.data, tiny.tokenizer, path="wikitext-2-tokens/valid.txt")
+    assert task.training_windows(loaded, seed=0).ids.shape == (stream.numel() // 64, 64)   # train_text, not calib
+    assert build_task(make_config()).training_identity() is None   # plain lm: no change to existing ids
 
 
 def test_unknown_task_is_refused(make_config):
