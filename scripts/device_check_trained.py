@@ -1,9 +1,14 @@
-"""Device check of the pruning-while-training methods: every trained pruner on a small BERT
-through the shared trainer on CUDA (bf16 autocast), and ZipLM's latency table at BERT-base
-shapes on the GPU. Writes $OUT/device_check_trained.json (results/bench/ keeps the H200 one).
+"""Device check of the training-based methods on CUDA (the trainer's bf16 autocast):
 
-    python scripts/device_check_trained.py          # on a machine with a GPU
-"""
+    pruning        every trained pruner on a small BERT, and ZipLM's latency table at
+                   BERT-base shapes on the GPU                    -> device_check_trained.json
+    quantization   every QAT row on a small BERT, MREM and Mr.BiQ through the sequential
+                   engine, the decoder rows (PEQA, QLoRA, INT2.1, Wu et al., LLM-QAT) on two
+                   blocks of the tiny Llama                       -> device_check_quantization.json
+
+    python scripts/device_check_trained.py [pruning] [quantization]    # on a machine with a GPU
+
+Files go to $OUT (results/bench/ keeps the committed ones, named for the GPU)."""
 from __future__ import annotations
 
 import json
@@ -25,6 +30,14 @@ CASES = [("movement", {"rate": 0.8, "interval": 2}), ("movement", {"rate": 0.8, 
          ("bmp", {"rate": 0.5, "interval": 2}), ("snip", {"rate": 0.5, "interval": 2}),
          ("dynabert", {"rate": 0.5, "widths": [1.0, 0.5]}), ("top_drop_ft", {"rate": 0.5}), ("cofi", {"rate": 0.5}),
          ("ebert", {"rate": 0.5}), ("ziplm", {"speedup": 2.0}), ("power_bert", {"rate": 0.5}), ("ltp", {"rate": 0.5})]
+
+
+QUANT_CASES = [("q8bert_qat", {}), ("ternarybert", {}), ("kmeans_ft", {}), ("quant_noise", {}), ("ibert", {}),
+               ("binarybert", {}), ("bit", {}), ("sensimix", {"probe_batches": 2}),
+               ("prequant", {"outlier_ratio": 0.125, "probe_batches": 2})]
+ENGINE_CASES = [("mrem", {"steps": 20, "lr": 1e-3}), ("mrbiq", {"steps": 20, "lr": 1e-3, "rounds": 2})]
+DECODER_CASES = [("peqa", {}), ("qlora", {"r": 4}), ("int21", {"r": 4, "nsamples": 4}), ("wu_int4", {}),
+                 ("llm_qat", {"nsamples": 4, "length": 16})]
 
 
 def check_method(name: str, kw: dict, dev: torch.device) -> dict:
@@ -53,25 +66,96 @@ def check_method(name: str, kw: dict, dev: torch.device) -> dict:
             "precision": str(trainer.dtype)}
 
 
-def main() -> None:
-    from methods.pruning.trained.ziplm import latency_table
+def check_engine_method(name: str, kw: dict, dev: torch.device) -> dict:
+    """A post-training method through the sequential engine on the GPU (a small BERT)."""
+    from methods.core.apply import apply_method
+    from methods.core.arch import FAMILIES
+    from methods.core.base import build
+    from methods.core.calibration import InputBatches
+    from methods.core.model_facts import measure
+    from tiny_encoders import batches, tiny_bert
 
-    dev = torch.device("cuda")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "methods": []}
-    for name, kw in CASES:
+    fam = FAMILIES["bert"]
+    model = tiny_bert(dropout=0.0).to(dev)
+    data = [{k: v.to(dev) for k, v in b.items() if k != "labels"} for b in batches(4, size=8)]
+    method = build(name, **kw)
+    before = measure(model, fam)
+    t = time.perf_counter()
+    apply_method(method, model, fam, InputBatches(data), dev, progress=False)
+    torch.cuda.synchronize()
+    rec = method.result(before, measure(model, fam)).to_record(32)
+    with torch.no_grad():
+        ok = bool(torch.isfinite(model(**data[0]).logits).all())
+    return {"ok": ok, "seconds": time.perf_counter() - t, "comp_rate": rec["comp_rate"],
+            "fits_fell": all(f["mse_last_step"] < f["mse_first_step"] for f in method.fits)}
+
+
+def check_decoder_method(name: str, kw: dict, dev: torch.device) -> dict:
+    """A decoder row on the first two blocks of the tiny Llama, through the trainer on the GPU."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from methods.core.arch import FAMILIES
+    from methods.core.base import TrainingInputs, build
+    from methods.core.model_facts import measure
+    from methods.training.trainer import TrainConfig, Trainer
+
+    fam = FAMILIES["llama"]
+    path = os.environ.get("TINY_LLAMA", str(ROOT / "models" / "tiny-llama-wt2"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    model.to(dev)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": (ids := torch.randint(0, model.config.vocab_size, (4, 32), generator=g)),
+             "labels": ids.clone()} for _ in range(3)]
+    method = build(name, **kw)
+    before = measure(model, fam)
+    teacher = copy.deepcopy(model).requires_grad_(False) if method.uses_teacher else None
+    trainer = Trainer(TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_ratio=0.0), dev, progress=False)
+    t = time.perf_counter()
+    out = method.compress_trained(model, fam, TrainingInputs(trainer, lambda e: data, teacher), dev)
+    torch.cuda.synchronize()
+    rec = method.result(before, measure(out, fam)).to_record(16)
+    with torch.no_grad():
+        ok = bool(torch.isfinite(out(input_ids=data[0]["input_ids"].to(dev)).logits).all())
+    return {"ok": ok, "seconds": time.perf_counter() - t, "comp_rate": rec["comp_rate"],
+            "precision": str(trainer.dtype)}
+
+
+def run_cases(cases, check, dev, report) -> None:
+    for name, kw in cases:
         try:
-            entry = {"method": name, "kw": kw, **check_method(name, kw, dev)}
+            entry = {"method": name, "kw": kw, **check(name, kw, dev)}
         except Exception as err:  # noqa: BLE001 - the report names every failure
             entry = {"method": name, "kw": kw, "ok": False, "error": repr(err), "trace": traceback.format_exc()[-2000:]}
         print(entry, flush=True)
         report["methods"].append(entry)
-    t = time.perf_counter()
-    att, ffn = latency_table(768, 64, 1, 12, 3072, 1, (32, 128), dev)
-    report["ziplm_latency_bert_base_b32_s128"] = {"attention_s_by_heads": att, "ffn_s_by_neurons_every_384": ffn[::384],
-                                                   "seconds": time.perf_counter() - t}
+
+
+def main(groups: list[str]) -> None:
+    dev = torch.device("cuda")
     out = Path(os.environ.get("OUT", ROOT / "results" / "bench"))
-    (out / "device_check_trained.json").write_text(json.dumps(report, indent=1))
+    for group in groups:
+        report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "methods": []}
+        if group == "pruning":
+            from methods.pruning.trained.ziplm import latency_table
+            run_cases(CASES, check_method, dev, report)
+            t = time.perf_counter()
+            att, ffn = latency_table(768, 64, 1, 12, 3072, 1, (32, 128), dev)
+            report["ziplm_latency_bert_base_b32_s128"] = {"attention_s_by_heads": att,
+                                                           "ffn_s_by_neurons_every_384": ffn[::384],
+                                                           "seconds": time.perf_counter() - t}
+            (out / "device_check_trained.json").write_text(json.dumps(report, indent=1))
+        elif group == "quantization":
+            run_cases(QUANT_CASES, check_method, dev, report)
+            run_cases(ENGINE_CASES, check_engine_method, dev, report)
+            run_cases(DECODER_CASES, check_decoder_method, dev, report)
+            (out / "device_check_quantization.json").write_text(json.dumps(report, indent=1))
+        else:
+            raise SystemExit(f"unknown group '{group}': pruning | quantization")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["pruning"])

@@ -212,3 +212,21 @@ def test_rates_count_scales_and_double_quantized_constants():
         with torch.no_grad():
             m.compress(0, "l", nn.Linear(256, 64, bias=False), None)
         assert m.summary()["bits_per_weight"] == pytest.approx(expected_bits, rel=1e-3), name
+
+
+def test_nominal_base_sets_the_tables_rate_and_keeps_the_full_overhead_one():
+    from methods.core.model_facts import ModelSize
+    size = ModelSize(params=256 * 64, embedding_params=0, linear_weights=256 * 64, linear_zeros=0, per_block_sparsity=(0.0,))
+    for knobs, rate in [({"wbits": 3, "nominal_base": 16}, 1 - 3 / 16), ({"wbits": 4, "nominal_base": 32}, 1 - 4 / 32),
+                        ({"wbits": 3}, 1 - (3 + 32 / 256) / 16)]:
+        m = build("rtn", **knobs)
+        with torch.no_grad():
+            m.compress(0, "l", nn.Linear(256, 64, bias=False), None)
+        rates = m.result(size, size).rates(16)
+        assert rates["comp_rate"] == pytest.approx(rate)
+        if "nominal_base" in knobs:   # the paper's count, the ledger's kept beside it
+            assert rates["overhead_comp_rate"] == pytest.approx(1 - (knobs["wbits"] + 32 / 256) / 16)
+        else:
+            assert "overhead_comp_rate" not in rates
+    with pytest.raises(ValueError, match="nominal_base"):
+        build("rtn", wbits=4, nominal_base=12)

@@ -31,6 +31,28 @@ class LinearWrapper(nn.Module):
         raise NotImplementedError
 
 
+class ComputedLinear(nn.Module):
+    """A linear whose weight is computed from what it trains (codes and scales, frozen codes and a
+    few free columns): y = x weight()ᵀ + bias, and `to_linear` hands back the plain layer."""
+
+    bias: torch.Tensor | None
+
+    def weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight(), self.bias)
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        w = self.weight()
+        out = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        out.weight.copy_(w)
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+
 def wrap_block_linears(model: nn.Module, family, make: Callable[[str, nn.Linear], LinearWrapper],
                        what: str) -> dict[str, LinearWrapper]:
     """Replace every block linear by `make('<block>.<name>', linear)`; keys '<block>.<name>'."""

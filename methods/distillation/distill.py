@@ -153,13 +153,15 @@ def _unwrap(evaluate):
 
 
 def distill_same_depth(model: nn.Module, family, inputs: TrainingInputs, sources: Mapping[str, float],
-                       temperature: float = 1.0) -> None:
+                       temperature: float = 1.0, teacher: nn.Module | None = None, **fit_kw: Any) -> None:
     """Train `model` toward the teacher of the same depth (layer i to layer i), e.g. the recovery
-    of a factorised model (Noach & Goldberg 2020)."""
+    of a factorised model (Noach & Goldberg 2020). `teacher`: another teacher than the fine-tuned
+    model (a stage of multi-step distillation); `fit_kw`: the stage's `steps` and `name`."""
     layers = len(family.blocks(model))
     width = model.config.hidden_size
     objective = Objective(sources, Matching("skip", layers, layers, width), width, width, temperature)
     wrapped = _Student(Tapped(model, family, objective.qkv_layers(layers, teacher=False)), objective)
-    teacher = Tapped(inputs.teacher, family, objective.qkv_layers(layers, teacher=True))
-    inputs.fit(wrapped, lambda s, t, batch: objective(s, t, batch, wrapped.tapped.epoch), teacher=teacher,
-               evaluate=_unwrap(inputs.evaluate))
+    tapped = Tapped(teacher if teacher is not None else inputs.teacher, family,
+                    objective.qkv_layers(layers, teacher=True))
+    inputs.fit(wrapped, lambda s, t, batch: objective(s, t, batch, wrapped.tapped.epoch), teacher=tapped,
+               evaluate=_unwrap(inputs.evaluate), **fit_kw)

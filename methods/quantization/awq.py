@@ -82,8 +82,8 @@ class AWQ(QuantMethod):
 
     def __init__(self, wbits: int = 4, group_size: int | None = 128, sym: bool = False, n_grid: int = 20,
                  clip: bool = True, max_shrink: float = 0.5, search_tokens: int = 8192, clip_tokens: int = 512,
-                 seed: int = 0):
-        super().__init__(wbits, sym, group_size, None, "minmax")
+                 seed: int = 0, nominal_base: int | None = None):
+        super().__init__(wbits, sym, group_size, None, "minmax", nominal_base)
         self.n_grid, self.clip_search, self.max_shrink = n_grid, clip, max_shrink
         self.search_tokens, self.clip_tokens, self.seed = search_tokens, clip_tokens, seed
         self.alphas: dict[str, float] = {}

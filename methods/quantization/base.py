@@ -11,11 +11,18 @@ from methods.quantization.quantizer import FP16_BITS, QuantSpec, groups_per_row,
 
 class QuantLedger(Method):
     """Weights quantized to `wbits` (symmetric or not; per tensor / channel / group of
-    `group_size` inputs; min-max or MSE clipping). Subclasses call `account` once per layer."""
+    `group_size` inputs; min-max or MSE clipping). Subclasses call `account` once per layer.
+
+    `nominal_base`: where the row's paper counts its rate as nominal bits (1 − wbits / base, e.g.
+    3/16 for OPTQ and AWQ, 8/32 for SmoothQuant), the table's rate is that count and the ledger's
+    full-overhead rate stays in the record as `overhead_comp_rate`; None: the full-overhead rate."""
 
     def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1,
-                 granularity: str | None = None, clip: str = "minmax"):
+                 granularity: str | None = None, clip: str = "minmax", nominal_base: int | None = None):
         self.spec = QuantSpec.from_knobs(wbits, sym, group_size, granularity, clip)
+        if nominal_base is not None and nominal_base not in (8, 16, 32):
+            raise ValueError(f"nominal_base counts bits against a float or int format: 8, 16 or 32, got {nominal_base}")
+        self.nominal_base = nominal_base
         self.ledger: dict[str, tuple[float, int]] = {}  # "block.name" -> (stored bits, weights)
 
     def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float | None = None,
@@ -34,14 +41,15 @@ class QuantLedger(Method):
 
     def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
         stored, weights = self.totals()
+        nominal = 1 - self.spec.bits / self.nominal_base if self.nominal_base else None
         return CompressionResult(Kind.QUANTIZED, "W", before, after, stored_bits=stored, quantized_weights=weights,
-                                 facts=self.summary())
+                                 nominal_rate=nominal, facts=self.summary())
 
     def summary(self) -> dict[str, Any]:
         stored, weights = self.totals()
         out = {"wbits": self.spec.bits, "sym": self.spec.sym, "quant_granularity": self.spec.granularity,
                "group_size": self.spec.group_size if self.spec.granularity == "group" else None,
-               "clip": self.spec.clip}
+               "clip": self.spec.clip, "nominal_base_bits": self.nominal_base}
         if weights:
             out["bits_per_weight"] = stored / weights
         return out

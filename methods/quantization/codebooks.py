@@ -34,8 +34,8 @@ def gaussian_outliers(W: torch.Tensor, sigma: float) -> torch.Tensor:
 class KMeansQuant(QuantMethod):
     rows = {"table4": TableRow("K-means Quant. (post-training)", "175", uniform="NUQ")}
 
-    def __init__(self, wbits: int = 3, iters: int = 50):
-        super().__init__(wbits, False, -1, "tensor", "minmax")
+    def __init__(self, wbits: int = 3, iters: int = 50, nominal_base: int | None = None):
+        super().__init__(wbits, False, -1, "tensor", "minmax", nominal_base)
         self.iters = iters
 
     def compress(self, block_index: int, name: str, layer: nn.Module, stats=None) -> None:

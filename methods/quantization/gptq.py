@@ -117,8 +117,9 @@ class GPTQ(QuantMethod):
 
     def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1, act_order: bool = False,
                  static_groups: bool = False, true_sequential: bool = True, blocksize: int = 128,
-                 percdamp: float = 0.01, clip: str = "minmax", granularity: str | None = None):
-        super().__init__(wbits, sym, group_size, granularity, clip)
+                 percdamp: float = 0.01, clip: str = "minmax", granularity: str | None = None,
+                 nominal_base: int | None = None):
+        super().__init__(wbits, sym, group_size, granularity, clip, nominal_base)
         self.act_order, self.static_groups = act_order, static_groups
         self.true_sequential, self.blocksize, self.percdamp = true_sequential, blocksize, percdamp
 

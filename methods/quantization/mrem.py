@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from methods.core.arch import replace_module
-from methods.core.base import CompressionResult, TableRow, register
-from methods.core.model_facts import ModelSize
+from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.codebooks import FP32_BITS
-from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight
+from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight, WeightQuantizer
 
 
 @register("mrem")
@@ -35,15 +34,24 @@ class MREM(QuantMethod):
     calibration batches, cycling)."""
 
     rows = {"table4": TableRow("MREM", "6", uniform="UQ", columns={"preset": "mrem"})}
+    stat_bits = FP32_BITS          # each learned step size is stored in full precision
     propagate_compressed = False   # the next block sees full-precision inputs: teacher forcing
     plans = True                   # needs calibration batches though it gathers no statistics
 
-    def __init__(self, wbits: int = 2, abits: int = 8, steps: int = 200, lr: float = 1e-4, preset: str = "mrem"):
-        super().__init__(wbits, True, -1, "channel", "minmax")
+    def __init__(self, wbits: int = 2, abits: int = 8, steps: int = 200, lr: float = 1e-4, preset: str = "mrem",
+                 nominal_base: int | None = 32):
+        super().__init__(wbits, True, -1, "channel", "minmax", nominal_base)
         if steps < 1:
             raise ValueError(f"MREM needs at least one optimisation step per block, got steps={steps}")
         self.abits, self.steps, self.lr, self.preset = abits, steps, lr, preset
         self.fits: list[dict[str, float]] = []
+
+    def weight_quantizer(self, weight: torch.Tensor) -> WeightQuantizer:
+        """Q_w of one linear: b-bit symmetric per output channel, its step learned (LSQ)."""
+        return UniformWeight(self.spec.bits, sym=True, per="channel", learn_scale=True, weight=weight)
+
+    def before_step(self, step: int, wrapped: dict[str, FakeQuantLinear]) -> None:
+        """A hook into the fit (Mr.BiQ re-solves its scales at the start of each round)."""
 
     def compress_block(self, session, block_index: int, block: nn.Module, inputs) -> None:
         linears = session.family.linears(block)
@@ -52,8 +60,8 @@ class MREM(QuantMethod):
             targets = [_out(block(h, *a, **k)).clone() for h, a, k in batches]
         wrapped = {}
         for name, lin in linears.items():
-            wq = UniformWeight(self.spec.bits, sym=True, per="channel", learn_scale=True, weight=lin.weight)
-            wrapped[name] = FakeQuantLinear(lin, wq, ActQuant(self.abits) if self.abits < 16 else None)
+            wrapped[name] = FakeQuantLinear(lin, self.weight_quantizer(lin.weight),
+                                            ActQuant(self.abits) if self.abits < 16 else None)
             replace_module(block, name, wrapped[name])
         params = [p for p in block.parameters()]
         with torch.enable_grad():
@@ -63,6 +71,7 @@ class MREM(QuantMethod):
             opt = torch.optim.Adam(params, lr=self.lr)
             first = last = None
             for step in range(self.steps):
+                self.before_step(step, wrapped)
                 h, a, k = batches[step % len(batches)]
                 loss = (_out(block(h, *a, **k)) - targets[step % len(batches)]).pow(2).mean()
                 opt.zero_grad(set_to_none=True)
@@ -76,13 +85,8 @@ class MREM(QuantMethod):
         self.fits.append({"block": block_index, "mse_first_step": first, "mse_last_step": last})
         for name, m in wrapped.items():
             self.account(block_index, name, *m.weight.shape, n_groups=0,
-                         extra_bits=m.weight_q.stats(m.weight) * FP32_BITS)
+                         extra_bits=m.weight_q.stats(m.weight) * self.stat_bits)
             replace_module(block, name, m.freeze())
-
-    def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
-        res = super().result(before, after)
-        res.nominal_rate = 1 - self.spec.bits / 32
-        return res
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "abits": self.abits if self.abits < 16 else None, "steps_per_block": self.steps,

@@ -104,9 +104,9 @@ class OutlierSuppression(QuantLedger, ModelMethod):
 
     def __init__(self, wbits: int = 6, abits: int = 6, gamma_migration: bool = True,
                  alphas: list[float] | None = None, fine_steps: int = 50, fine_lr: float = 1e-3,
-                 search_batches: int = 4):
+                 search_batches: int = 4, nominal_base: int | None = None):
         alphas = list(alphas or DEFAULT_ALPHAS)
-        super().__init__(wbits, True, -1, "channel", "minmax")
+        super().__init__(wbits, True, -1, "channel", "minmax", nominal_base)
         if not 2 <= abits <= 16:
             raise ValueError(f"abits must be 2..16, got {abits}")
         if search_batches < 1:

@@ -19,8 +19,8 @@ class Q8BERT(QuantMethod):
     stats = frozenset({ACT_ABSMAX})
     rows = {"table4": TableRow("Q8BERT (post-training)", "169", uniform="UQ")}
 
-    def __init__(self, wbits: int = 8, abits: int = 8):
-        super().__init__(wbits, True, -1, "tensor", "minmax")
+    def __init__(self, wbits: int = 8, abits: int = 8, nominal_base: int | None = None):
+        super().__init__(wbits, True, -1, "tensor", "minmax", nominal_base)
         self.abits = abits
 
     def table_row(self, table: str) -> TableRow | None:

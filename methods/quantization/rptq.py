@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from methods.core.arch import weight_matrix
-from methods.core.base import CompressionResult, TableRow, register
+from methods.core.base import TableRow, register
 from methods.core.hooks import attach
-from methods.core.model_facts import ModelSize
 from methods.core.stats import ACT_RANGE, HESSIAN, LinearStats
 from methods.quantization.base import QuantMethod
 from methods.quantization.gptq import gptq_quantize
@@ -115,8 +114,9 @@ class RPTQ(QuantMethod):
 
     def __init__(self, wbits: int = 3, abits: int = 8, clusters: tuple[int, int, int, int] = (4, 4, 32, 4),
                  group_size: int | None = -1, true_sequential: bool = True, blocksize: int = 128,
-                 percdamp: float = 0.01, seed: int = 0, preset: str = "rptq"):
-        super().__init__(wbits, False, group_size, None, "minmax")
+                 percdamp: float = 0.01, seed: int = 0, preset: str = "rptq",
+                 nominal_base: int | None = 16):
+        super().__init__(wbits, False, group_size, None, "minmax", nominal_base)
         if not 2 <= abits <= 16:
             raise ValueError(f"abits must be 2..16 (16: weights only), got {abits}")
         if len(clusters) != 4 or min(clusters) < 1:
@@ -157,11 +157,6 @@ class RPTQ(QuantMethod):
         self.reorder[f"{block_index}.{name}"] = torch.argsort(labels, stable=True).tolist()
         scale, zero = cluster_params(xmax, xmin, labels, self.abits)
         attach_cluster_quant(layer, scale, zero, self.abits)
-
-    def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
-        res = super().result(before, after)
-        res.nominal_rate = 1 - self.spec.bits / 16
-        return res
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "abits": self.abits if self.abits < 16 else None, "act_mode": "per_cluster_static",

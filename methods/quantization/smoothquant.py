@@ -31,8 +31,8 @@ class SmoothQuant(QuantMethod):
     rows = {"table5": TableRow("SmoothQuant", "157", uniform="UQ")}
 
     def __init__(self, alpha: float = 0.5, wbits: int = 8, abits: int = 8, act_mode: str = "per_token",
-                 smooth: bool = True):
-        super().__init__(wbits, sym=True, group_size=-1)
+                 smooth: bool = True, nominal_base: int | None = None):
+        super().__init__(wbits, sym=True, group_size=-1, nominal_base=nominal_base)
         if not 0 <= alpha <= 1:
             raise ValueError(f"SmoothQuant alpha must lie in [0, 1], got {alpha}")
         self.alpha, self.abits, self.act_mode, self.smooth = alpha, abits, act_mode, smooth

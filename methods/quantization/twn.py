@@ -16,8 +16,8 @@ from methods.quantization.trained.fake_quant import TernaryWeight
 class TWN(QuantMethod):
     rows = {"table4": TableRow("TernaryBERT (post-training)", "174", uniform="UQ")}
 
-    def __init__(self, ratio: float = 0.7):
-        super().__init__(2, True, -1, "tensor", "minmax")
+    def __init__(self, ratio: float = 0.7, nominal_base: int | None = None):
+        super().__init__(2, True, -1, "tensor", "minmax", nominal_base)
         self.quantizer = TernaryWeight("tensor", ratio)
 
     @torch.no_grad()

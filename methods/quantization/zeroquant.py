@@ -15,8 +15,9 @@ from methods.quantization.quantizer import quantize_weight
 class ZeroQuant(QuantMethod):
     rows = {"table5": TableRow("ZeroQuant", "160", uniform="UQ")}
 
-    def __init__(self, wbits: int = 8, abits: int = 8, group_size: int = 64, sym: bool = True):
-        super().__init__(wbits, sym, group_size, None, "minmax")
+    def __init__(self, wbits: int = 8, abits: int = 8, group_size: int = 64, sym: bool = True,
+                 nominal_base: int | None = None):
+        super().__init__(wbits, sym, group_size, None, "minmax", nominal_base)
         if not 2 <= abits <= 16:
             raise ValueError(f"abits must be 2..16, got {abits}")
         self.abits = abits

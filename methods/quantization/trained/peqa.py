@@ -12,17 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from methods.core.arch import replace_module
-from methods.core.base import CompressionResult, Kind, TableRow, TrainedMethod, TrainingInputs, register
-from methods.core.model_facts import ModelSize
+from methods.core.wrapped_linears import ComputedLinear
+from methods.core.base import TableRow, TrainedMethod, TrainingInputs, register
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import quantize_weight
 
 
-class ScaledCodes(nn.Module):
+class ScaledCodes(ComputedLinear):
     """y = x (s ⊙ (Q − z))ᵀ + b with integer codes Q and zeros z frozen and the scales s a parameter."""
 
     def __init__(self, linear: nn.Linear, spec):
@@ -41,18 +40,6 @@ class ScaledCodes(nn.Module):
         z = self.zero.repeat_interleave(g, dim=1)[:, : self.cols]
         return s * (self.codes.to(s.dtype) - z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(), self.bias)
-
-    @torch.no_grad()
-    def to_linear(self) -> nn.Linear:
-        w = self.weight()
-        out = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None, device=w.device, dtype=w.dtype)
-        out.weight.copy_(w)
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
-
 
 @register("peqa")
 class PEQA(QuantLedger, TrainedMethod):
@@ -63,8 +50,8 @@ class PEQA(QuantLedger, TrainedMethod):
     rows = {"table5": TableRow("PEQA", "68", uniform="UQ", cost="high", columns={"preset": "peqa"})}
 
     def __init__(self, wbits: int = 3, group_size: int | None = -1, nominal_base: int = 16, preset: str = "peqa"):
-        super().__init__(wbits, False, group_size, None, "minmax")
-        self.nominal_base, self.preset = nominal_base, preset
+        super().__init__(wbits, False, group_size, None, "minmax", nominal_base)
+        self.preset = preset
 
     def check_family(self, family, config=None) -> None:
         pass
@@ -91,11 +78,5 @@ class PEQA(QuantLedger, TrainedMethod):
             replace_module(blocks[int(i)], name, m.to_linear())
         return model.eval()
 
-    def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
-        stored, weights = self.totals()
-        return CompressionResult(Kind.QUANTIZED, "W", before, after, stored_bits=stored, quantized_weights=weights,
-                                 nominal_rate=1 - self.spec.bits / self.nominal_base, facts=self.summary())
-
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "preset": self.preset, "trained": "scales only",
-                "nominal_base_bits": self.nominal_base}
+        return {**super().summary(), "preset": self.preset, "trained": "scales only"}

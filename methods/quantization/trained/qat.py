@@ -36,7 +36,8 @@ class QATMethod(QuantLedger, RowMethod):
 
     def __init__(self, preset: str, label: str, ref: str, uniform: str = "UQ", wbits: float = 8, abits: int = 8,
                  embeddings: bool = True, distill: float = 0.0, temperature: float = 1.0,
-                 nominal_base: int = FP32_BITS, deviations: Sequence[str] = (), tables: Sequence[str] = ("table4",)):
+                 nominal_base: int | None = FP32_BITS, deviations: Sequence[str] = (),
+                 tables: Sequence[str] = ("table4",)):
         RowMethod.__init__(self, preset, label, ref, distill, temperature, deviations, tables)
         self.uniform, self.wbits, self.abits, self.embeddings = uniform, wbits, abits, embeddings
         self.nominal_base = nominal_base
@@ -103,7 +104,8 @@ class QATMethod(QuantLedger, RowMethod):
     def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
         stored, weights = self.totals()
         return CompressionResult(Kind.QUANTIZED, "W", before, after, stored_bits=stored, quantized_weights=weights,
-                                 nominal_rate=1 - self.wbits / self.nominal_base, facts=self.summary())
+                                 nominal_rate=1 - self.wbits / self.nominal_base if self.nominal_base else None,
+                                 facts=self.summary())
 
     def summary(self) -> dict[str, Any]:
         stored, weights = self.totals()
