@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from methods.core.base import TrainingInputs, register
-from methods.quantization.rptq import kmeans
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
 
@@ -80,6 +79,35 @@ class BlockDrop(WeightQuantizer):
         return w * keep.repeat_interleave(self.block_size, 1).to(w.dtype) / (1 - self.p)
 
 
+def pq_kmeans(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0) -> torch.Tensor:
+    """Codeword labels of the blocks `x` (n, d): k-means++ starts (a seeded generator), then Lloyd's
+    iterations; distances as ‖x‖² − 2x·c + ‖c‖² (one matmul), the seeding's nearest-start distances
+    updated one new start at a time (O(n·d) each, for the K = 256 codewords of iPQ)."""
+    n = x.shape[0]
+    k = min(k, n)
+    g = torch.Generator().manual_seed(seed)
+    norms = x.pow(2).sum(1)
+
+    def dist(c: torch.Tensor) -> torch.Tensor:
+        return (norms[:, None] - 2 * x @ c.T + c.pow(2).sum(1)[None, :]).clamp_min(0)
+    centres = [x[torch.randint(n, (1,), generator=g)]]
+    d2 = dist(centres[0]).squeeze(1)
+    for _ in range(1, k):
+        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / n)
+        centres.append(x[torch.multinomial(p, 1, generator=g)])
+        d2 = torch.minimum(d2, dist(centres[-1]).squeeze(1))
+    c = torch.cat(centres)
+    for _ in range(iters):
+        labels = dist(c).argmin(1)
+        count = torch.bincount(labels, minlength=k).unsqueeze(1)
+        total = torch.zeros_like(c).index_add_(0, labels, x)
+        new = torch.where(count > 0, total / count.clamp_min(1), c)   # an empty codeword keeps its place
+        if torch.equal(new, c):
+            break
+        c = new
+    return dist(c).argmin(1)
+
+
 class ProductCodes(WeightQuantizer):
     """Product quantization: each row's consecutive `block_size` weights → the nearest of K shared
     codewords (k-means over the matrix's blocks); the codewords are the parameter, the indices fixed."""
@@ -90,7 +118,7 @@ class ProductCodes(WeightQuantizer):
         if cols % block_size:
             raise ValueError(f"block_size {block_size} does not divide the weight's {cols} inputs")
         blocks = weight.detach().float().reshape(-1, block_size).cpu()
-        labels = kmeans(blocks, k, n_init=1, iters=iters, seed=seed)
+        labels = pq_kmeans(blocks, k, iters, seed)
         k = int(labels.max()) + 1
         count = torch.bincount(labels, minlength=k).unsqueeze(1).clamp_min(1)
         codewords = torch.zeros(k, block_size, dtype=torch.float64).index_add_(0, labels, blocks.double()) / count
