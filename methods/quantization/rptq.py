@@ -21,7 +21,7 @@ The survey's rate (81.3% against fp16) is 3-bit weights.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,6 +39,22 @@ def _sq_dist(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (x[:, None, :] - centres[None, :, :]).pow(2).sum(-1)
 
 
+def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int,
+          dist: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Lloyd's iterations from `centres` (at most `iters`, until the centres stop moving); `dist(x, c)`
+    gives the (n, k) squared distances."""
+    k = centres.shape[0]
+    for _ in range(iters):
+        labels = dist(x, centres).argmin(1)
+        count = torch.bincount(labels, minlength=k).unsqueeze(1)
+        total = torch.zeros_like(centres).index_add_(0, labels, x)
+        new = torch.where(count > 0, total / count.clamp_min(1), centres)  # an empty cluster keeps its centre
+        if torch.equal(new, centres):
+            break
+        centres = new
+    return centres
+
+
 def kmeans(points: torch.Tensor, k: int, n_init: int = 10, iters: int = 100, seed: int = 0) -> torch.Tensor:
     """Cluster labels of `points` (n, d): Lloyd's k-means from k-means++ starts, the lowest inertia
     of `n_init` starts (a seeded generator: the same labels every run)."""
@@ -53,14 +69,7 @@ def kmeans(points: torch.Tensor, k: int, n_init: int = 10, iters: int = 100, see
             d2 = _sq_dist(x, centres).amin(1)
             p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / n)
             centres = torch.cat([centres, x[torch.multinomial(p.float(), 1, generator=g)]])
-        for _ in range(iters):
-            labels = _sq_dist(x, centres).argmin(1)
-            count = torch.bincount(labels, minlength=k).unsqueeze(1)
-            total = torch.zeros_like(centres).index_add_(0, labels, x)
-            new = torch.where(count > 0, total / count.clamp_min(1), centres)  # an empty cluster keeps its centre
-            if torch.equal(new, centres):
-                break
-            centres = new
+        centres = lloyd(x, centres, iters, _sq_dist)
         labels = _sq_dist(x, centres).argmin(1)
         inertia = (x - centres[labels]).pow(2).sum()
         if inertia < best:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from methods.core.base import TrainingInputs, register
+from methods.quantization.rptq import lloyd
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
 
@@ -96,15 +97,7 @@ def pq_kmeans(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0) -> torch.
         p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / n)
         centres.append(x[torch.multinomial(p, 1, generator=g)])
         d2 = torch.minimum(d2, dist(centres[-1]).squeeze(1))
-    c = torch.cat(centres)
-    for _ in range(iters):
-        labels = dist(c).argmin(1)
-        count = torch.bincount(labels, minlength=k).unsqueeze(1)
-        total = torch.zeros_like(c).index_add_(0, labels, x)
-        new = torch.where(count > 0, total / count.clamp_min(1), c)   # an empty codeword keeps its place
-        if torch.equal(new, c):
-            break
-        c = new
+    c = lloyd(x, torch.cat(centres), iters, lambda _x, c: dist(c))
     return dist(c).argmin(1)
 
 
