@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from methods.core.base import TrainingInputs, register
-from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, FakeQuantLinear, UniformWeight,
+from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, UniformWeight,
                                                      WeightQuantizer)
 from methods.quantization.trained.qat import QATMethod
 from methods.training.objectives import prediction_loss, to_device
@@ -63,6 +63,7 @@ class SensiMix(QATMethod):
                          distill=distill, temperature=temperature, **kw)
         self.mp_blocks, self.target_bits, self.abwr, self.probe_batches = mp_blocks, target_bits, abwr, probe_batches
         self.binary: set[int] = set()
+        self._ffn_names: set[str] = set()
         self.sensitivity: list[float] = []
 
     @staticmethod
@@ -134,15 +135,10 @@ class SensiMix(QATMethod):
             return value, parts
         inputs.fit(model, loss, teacher=inputs.teacher if self.uses_teacher else None)
         self.freeze(model, family, wrapped)
-        bits = sum(m_bits * n for (m_bits, n) in self._code_bits(wrapped))
-        weights = sum(n for _, n in self._code_bits(wrapped))
-        self.wbits = bits / weights   # the table's rate: the mix's average code bits
+        code_bits = [(m.weight_q.bits, m.weight.numel()) for m in wrapped.values()]
+        self.wbits = sum(b * n for b, n in code_bits) / sum(n for _, n in code_bits)   # the mix's average
         self.facts.update(mp_blocks=sorted(self.binary), sensitivity=self.sensitivity, avg_code_bits=self.wbits)
         return model.eval()
-
-    @staticmethod
-    def _code_bits(wrapped: dict[str, FakeQuantLinear]) -> list[tuple[float, int]]:
-        return [(m.weight_q.bits, m.weight.numel()) for m in wrapped.values()]
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "target_bits": self.target_bits, "abwr": self.abwr,
