@@ -6,6 +6,8 @@
   calibrate the task's calibration data (token windows, or task batches)
   compress  the method, applied by its kind (layer-wise, whole-model, trained)
   evaluate  the task's metrics, and the forward-time speedup of a physically smaller model
+  kernels   (kernels.convert=true) the linears swapped for kernel formats, the metric checked
+            again on them, and prefill/decode (or forward) time against the dense model
   write     one record, atomically; a run whose record exists is skipped
 """
 from __future__ import annotations
@@ -89,6 +91,9 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         if train is not None:
             task.check_training(method)
         method.check_model(task.meta_linears(), task.family)
+        for m in (method, *getattr(method, "steps", ())):
+            if hasattr(m, "keeps_codes"):
+                m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)) or bool(cfg.get("kernels", {}).get("convert"))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     dense_identity = task.dense_identity(device)
@@ -188,6 +193,35 @@ def _training_record(p: RunPlan, training: TrainingInputs) -> dict[str, Any]:
             "device": provenance.hardware(p.device)["name"]}
 
 
+def _score(ev: Evaluation) -> Any:
+    """The headline metric, or each dataset's perplexity where the task has no single headline."""
+    if ev.headline is not None:
+        return ev.headline
+    return {ds: m["ppl"] for ds, m in ev.metrics.items() if isinstance(m, dict) and "ppl" in m}
+
+
+def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation, dense_e2e: dict,
+                  batches: list[dict]) -> dict[str, Any]:
+    """Swap the compressed linears for kernel formats (kernels.convert), score the task again with
+    them (the headline must match the fake-quantized one within the kernels' rounding) and time
+    the converted model end to end against the dense one, in this process."""
+    from kernels import end_to_end
+    from kernels.convert import NoKernel, convert
+    try:
+        conv = convert(loaded.model, {"compression": compression}, p.device)
+    except NoKernel as err:
+        log.warning("no kernel for this run's format: %s", err)
+        return {"format": None, "reason": str(err)}
+    out: dict[str, Any] = {**conv.to_record(), "device": provenance.hardware(p.device)["name"]}
+    if not conv.layers:
+        return {**out, "reason": "nothing to convert: the compressed model's dense matrices are its format"}
+    ev_k = p.task.evaluate(loaded, p.device, f"{p.method.name}+kernels")
+    converted = end_to_end.measure(loaded.model, batches, p.task.role, p.device)
+    out.update(score=_score(ev_k), score_fake_quant=_score(ev), metrics=ev_k.metrics,
+               dense=dense_e2e, converted=converted, **end_to_end.speedups(dense_e2e, converted))
+    return out
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
@@ -221,6 +255,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
     training = _training_inputs(p, store, loaded) if isinstance(method, TrainedMethod) else None
     dense_copy = dense_forward_s = None
+    kernel_cfg = p.cfg.get("kernels") or {}
+    dense_e2e = None
+    if kernel_cfg.get("convert"):
+        from kernels import end_to_end
+        kernel_batches = timing_batches or p.task.timing_batches(loaded)
+        dense_e2e = end_to_end.measure(loaded.model, kernel_batches, p.task.role, p.device)
     if timing_batches and p.task.role == "encoder":
         dense_copy = training.teacher if training is not None and training.teacher is not None \
             else copy.deepcopy(loaded.model)
@@ -261,6 +301,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if p.cfg.get("save_dir"):
         from eval.models import save_compressed
         extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
+    if dense_e2e is not None:
+        with provenance.Timer() as t_kernels:
+            extra["kernels"] = _kernel_check(p, loaded, result.to_record(p.task.bit_base), ev, dense_e2e,
+                                             kernel_batches)
+        timing["kernels_s"] = t_kernels.seconds
     timing["total_s"] = time.perf_counter() - t_start
     record = _record(p, p.identity, p.rid, ev, {
         "kind": "compressed", "dense_id": p.dense_rid, **loaded.record_extra, "headline": ev.headline, **extra,

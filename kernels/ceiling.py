@@ -1,29 +1,31 @@
-"""The device's measured ceilings: the matmul FLOP/s peak every benchmark (kernels, training,
-evaluation) reports its achieved fraction against. Measured, not taken from a datasheet."""
+"""The device's measured ceilings, which every benchmark (kernels, training, evaluation) reports
+its achieved fraction against: the dense matmul FLOP/s peak and the memory copy bandwidth.
+Measured once per process, not taken from a datasheet."""
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 
+from kernels.timing import seconds
+
 
 @functools.lru_cache(maxsize=None)
-def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
-                repeats: int = 5) -> float:
-    """Best-of-`repeats` FLOP/s of one square matmul (2·n³ FLOPs) on `device`, measured once per
-    process. n defaults to 2048 on a CPU (past the cache-bound sizes) and 8192 on a GPU."""
+def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
+    """FLOP/s of one square matmul (2·n³ FLOPs) on `device`: n = 2048 on a CPU (past the
+    cache-bound sizes), 8192 on a GPU; the median of torch.utils.benchmark's blocked autorange."""
     dev = torch.device(device)
     n = size or (8192 if dev.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first one warms up
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    return 2 * n ** 3 / seconds(lambda: a @ b)
+
+
+@functools.lru_cache(maxsize=None)
+def copy_bandwidth(device: str = "cpu") -> float:
+    """Bytes/s of a device-to-device copy (read + write) of 1 GiB on a GPU, 256 MiB on a CPU
+    (well past its caches)."""
+    dev = torch.device(device)
+    n = (1 << 30 if dev.type == "cuda" else 1 << 28) // 4
+    a, b = torch.randn(n, device=dev), torch.empty(n, device=dev)
+    return 2 * a.numel() * 4 / seconds(lambda: b.copy_(a))

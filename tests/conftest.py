@@ -15,6 +15,8 @@ MINILM_TEACHER = ROOT / "models" / "minilm-l6-squad-dev-split"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not torch.cuda.is_available():   # the Triton kernel runs on the CPU through Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _require(path: Path, what: str) -> Path:

@@ -111,7 +111,9 @@ class AWQ(QuantMethod):
                 g = -(-W.shape[1] // mx.shape[1])
                 bound = mx.repeat_interleave(g, dim=1)[:, :W.shape[1]].to(W.dtype)
                 W.copy_(torch.clamp(W, -bound, bound))
-            W.copy_(rtn(W, self.spec).to(W.dtype))
+            qt = quantize_weight(W, self.spec)
+            W.copy_(qt.dequantize().to(W.dtype))
+            self.store_codes(layer, qt)
             self.account(block_index, name, *W.shape)
 
     def summary(self):

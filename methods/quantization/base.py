@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from methods.core.base import CompressionResult, Kind, LayerwiseMethod, Method
 from methods.core.model_facts import ModelSize
-from methods.quantization.quantizer import FP16_BITS, QuantSpec, groups_per_row, stored_bits
+from methods.quantization.quantizer import FP16_BITS, QuantizedTensor, QuantSpec, groups_per_row, keep_codes, \
+    stored_bits
 
 
 class QuantLedger(Method):
@@ -24,6 +27,7 @@ class QuantLedger(Method):
             raise ValueError(f"nominal_base counts bits against a float or int format: 8, 16 or 32, got {nominal_base}")
         self.nominal_base = nominal_base
         self.ledger: dict[str, tuple[float, int]] = {}  # "block.name" -> (stored bits, weights)
+        self.keeps_codes = True
 
     def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float | None = None,
                 n_groups: float | None = None, stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
@@ -34,6 +38,12 @@ class QuantLedger(Method):
                 extra_bits += stat_bits  # one scale/zero pair for the whole matrix
         total = stored_bits(rows, cols, self.spec.bits if bits is None else bits, n_groups, stat_bits, extra_bits)
         self.ledger[f"{block_index}.{name}"] = (total, rows * cols)
+
+    def store_codes(self, layer: nn.Module, codes: QuantizedTensor) -> None:
+        """Keep the layer's integer codes beside its dequantized weight, for kernels.convert
+        (`keeps_codes` = false, the engine's `keep_codes`, saves their CPU memory on large models)."""
+        if self.keeps_codes:
+            keep_codes(layer, codes)
 
     def totals(self) -> tuple[float, int]:
         """(stored bits, quantized weights) over every layer accounted so far."""

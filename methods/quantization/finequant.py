@@ -28,25 +28,26 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
-from methods.quantization.quantizer import FP16_BITS, QuantSpec, quantize_weight
+from methods.quantization.quantizer import FP16_BITS, QuantizedTensor, QuantSpec, quantize_weight
 
 
-def row_errors(W: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dequantized W, each row's quantization error ‖w − Q(w)‖) under `spec`."""
-    Q = quantize_weight(W, spec).dequantize()
-    return Q, (W.float() - Q).norm(dim=1)
+def row_errors(W: torch.Tensor, spec: QuantSpec) -> tuple[QuantizedTensor, torch.Tensor]:
+    """(W's codes, each row's quantization error ‖w − Q(w)‖) under `spec`."""
+    qt = quantize_weight(W, spec)
+    return qt, (W.float() - qt.dequantize()).norm(dim=1)
 
 
-def adaptive_group(W: torch.Tensor, bits: int, min_group: int, outlier_ratio: float) -> tuple[int, torch.Tensor]:
-    """The coarsest group size (halving from the full row) that is not catastrophic, and W on it."""
+def adaptive_group(W: torch.Tensor, bits: int, min_group: int, outlier_ratio: float
+                   ) -> tuple[int, QuantizedTensor]:
+    """The coarsest group size (halving from the full row) that is not catastrophic, and W's codes on it."""
     cols = W.shape[1]
     g = cols
     while True:
         spec = QuantSpec(bits=bits, sym=True, granularity="channel" if g == cols else "group", group_size=g)
-        Q, err = row_errors(W, spec)
+        qt, err = row_errors(W, spec)
         worst, typical = float(err.max()), float(err.median())
         if g // 2 < min_group or g % 2 or worst <= outlier_ratio * typical:
-            return g, Q
+            return g, qt
         g //= 2
 
 
@@ -70,8 +71,9 @@ class FineQuant(QuantMethod):
 
     def compress(self, block_index: int, name: str, layer: nn.Module, stats=None) -> None:
         W = weight_matrix(layer)
-        g, Q = adaptive_group(W, self.spec.bits, self.min_group, self.outlier_ratio)
-        W.copy_(Q.to(W.dtype))
+        g, qt = adaptive_group(W, self.spec.bits, self.min_group, self.outlier_ratio)
+        W.copy_(qt.dequantize().to(W.dtype))
+        self.store_codes(layer, qt)
         self.groups[f"{block_index}.{name}"] = g
         self.refined += g < W.shape[1]
         self.account(block_index, name, *W.shape, n_groups=-(-W.shape[1] // g), stat_bits=FP16_BITS)

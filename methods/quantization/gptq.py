@@ -30,7 +30,7 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
-from methods.quantization.quantizer import QuantSpec, fake_quantize, find_params
+from methods.quantization.quantizer import QuantizedTensor, QuantSpec, dequantize, find_params, quantize
 from methods.core.hessian import dampened_inverse_cholesky, drop_dead_inputs
 from methods.core.stats import HESSIAN, LinearStats
 
@@ -45,6 +45,8 @@ class GPTQResult:
     weight: torch.Tensor           # dequantized weight (outliers / kept columns in full precision)
     n_groups: int                  # statistics per row
     outliers: int = 0
+    codes: QuantizedTensor | None = None  # every weight's grid code (outliers and kept columns: the
+                                          # code they would have had; the weight tells them apart)
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128,
@@ -75,6 +77,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     rule = outlier_rule(W, Hinv) if outlier_rule is not None else None
 
     outliers = 0
+    codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
+    fitted: list[tuple[torch.Tensor, torch.Tensor]] = []   # (scale, zero) of each group, in fitting order
+    col_group = torch.zeros(cols, dtype=torch.long, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -88,12 +93,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
             if grouped:
                 if static is not None:
                     params = static[int(perm[col]) // g]
+                    col_group[col] = int(perm[col]) // g
                 elif col % g == 0:
                     params = fit(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g])
+                    fitted.append(params)
+                if static is None:
+                    col_group[col] = len(fitted) - 1
+            c = quantize(w.unsqueeze(1), params[0], params[1], spec.maxq).flatten()
+            c[zero_mask[:, col]] = params[1].flatten()[zero_mask[:, col]]  # the code of 0 (ranges hold 0)
+            codes[:, col] = c.to(torch.uint8)
             if keep[col]:
                 q = w.clone()
             else:
-                q = fake_quantize(w.unsqueeze(1), params[0], params[1], spec.maxq).flatten()
+                q = dequantize(c.unsqueeze(1), params[0], params[1]).flatten()
                 if rule is not None:
                     out = rule(w, q, d)
                     q[out] = w[out]
@@ -105,9 +117,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
             Err1[:, i] = err
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    W = W[:, torch.argsort(perm)]
+    inv = torch.argsort(perm)
+    W = W[:, inv]
     n_groups = -(-cols // g) if grouped else (1 if spec.granularity == "channel" else 0)
-    return GPTQResult(W, n_groups, outliers)
+    if grouped:
+        stats = static if static is not None else fitted
+        scale, zero = torch.cat([p[0] for p in stats], 1), torch.cat([p[1] for p in stats], 1)
+        g_idx = col_group[inv]
+        trivial = torch.equal(g_idx, torch.arange(cols, device=W.device) // g)
+        qt = QuantizedTensor(codes[:, inv], scale, zero, g, spec.bits, None if trivial else g_idx)
+    else:
+        qt = QuantizedTensor(codes[:, inv], params[0].expand(rows, 1).contiguous(),
+                             params[1].expand(rows, 1).contiguous(), cols, spec.bits)
+    return GPTQResult(W, n_groups, outliers, qt)
 
 
 @register("gptq")
@@ -128,4 +150,5 @@ class GPTQ(QuantMethod):
         res = gptq_quantize(W, stats.hessian, self.spec, self.blocksize, self.percdamp, self.act_order,
                             self.static_groups)
         W.copy_(res.weight.to(W.dtype))
+        self.store_codes(layer, res.codes)
         self.account(block_index, name, *W.shape, n_groups=res.n_groups)

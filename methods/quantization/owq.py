@@ -57,6 +57,7 @@ class OWQ(QuantMethod):
         res = gptq_quantize(W, H, self.spec, self.blocksize, self.percdamp, self.act_order,
                             keep_cols=keep, fit_group=fit)
         W.copy_(res.weight.to(W.dtype))
+        self.store_codes(layer, res.codes)   # the kept fp16 columns differ from their codes' values
         self.fp16_columns += k
         self.account(block_index, name, rows, cols, n_groups=res.n_groups,
                      extra_bits=k * (rows * FP16_BITS + 32) - k * rows * self.spec.bits)

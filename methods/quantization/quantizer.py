@@ -99,19 +99,50 @@ def _scale_zero(xmin: torch.Tensor, xmax: torch.Tensor, spec: QuantSpec) -> tupl
 
 @dataclass
 class QuantizedTensor:
-    """Integer codes plus the scale/zero of each (row, group); dequantizes to the fake-quant weight."""
+    """Integer codes plus the scale/zero of each (row, group); dequantizes to the fake-quant weight.
+
+    `g_idx` gives each column's group where the groups are not runs of `group_size` consecutive
+    columns (GPTQ's act-order fits groups in the order of decreasing Hessian diagonal)."""
 
     codes: torch.Tensor   # (rows, cols) integer values in [0, maxq], uint8
     scale: torch.Tensor   # (rows, n_groups)
     zero: torch.Tensor    # (rows, n_groups)
     group_size: int       # columns per group (cols for per-channel / per-tensor)
     bits: int
+    g_idx: torch.Tensor | None = None  # (cols,) group of each column; None: column // group_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)
+
+    def groups(self) -> torch.Tensor:
+        """The group index of every column."""
+        if self.g_idx is not None:
+            return self.g_idx
+        return torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
 
     def dequantize(self) -> torch.Tensor:
-        g = self.group_size
-        s = self.scale.repeat_interleave(g, dim=1)[:, : self.codes.shape[1]]
-        z = self.zero.repeat_interleave(g, dim=1)[:, : self.codes.shape[1]]
-        return dequantize(self.codes.float(), s, z)
+        g = self.groups().to(self.scale.device)
+        return dequantize(self.codes.float(), self.scale[:, g].float(), self.zero[:, g].float())
+
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        move = (lambda t: t.to(device) if t is not None else None)
+        return QuantizedTensor(move(self.codes), move(self.scale), move(self.zero), self.group_size, self.bits,
+                               move(self.g_idx))
+
+
+# The codes a quantizer chose for a linear ride on the module under this attribute (not in its
+# state dict), so that kernels.convert can pack them; the weight itself holds their dequantized values.
+CODES_ATTR = "quantized_codes"
+
+
+def keep_codes(layer: torch.nn.Module, qt: QuantizedTensor) -> None:
+    """Attach a linear's codes (kept on the CPU: they outlive the block's turn on the device)."""
+    setattr(layer, CODES_ATTR, qt.to("cpu"))
+
+
+def kept_codes(layer: torch.nn.Module) -> QuantizedTensor | None:
+    return getattr(layer, CODES_ATTR, None)
 
 
 def quantize_weight(W: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:

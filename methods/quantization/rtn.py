@@ -16,5 +16,7 @@ class RTN(QuantMethod):
 
     def compress(self, block_index: int, name: str, layer: nn.Module, stats=None) -> None:
         W = weight_matrix(layer)
-        W.copy_(quantize_weight(W, self.spec).dequantize().to(W.dtype))
+        qt = quantize_weight(W, self.spec)
+        W.copy_(qt.dequantize().to(W.dtype))
+        self.store_codes(layer, qt)
         self.account(block_index, name, *W.shape)

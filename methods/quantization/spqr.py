@@ -61,6 +61,7 @@ class SpQR(QuantMethod):
         res = gptq_quantize(W, stats.hessian, self.spec, self.blocksize, self.percdamp, self.act_order,
                             outlier_rule=self._outlier_rule if self.tau > 0 else None, fit_group=self._fit)
         W.copy_(res.weight.to(W.dtype))
+        self.store_codes(layer, res.codes)   # the fp16 outliers differ from their codes' values
         self.outliers += res.outliers
         per_group_stat = 2 * self.stat_bits + 4 * FP16_BITS / self.stat_group
         self.account(block_index, name, rows, cols, n_groups=res.n_groups, stat_bits=per_group_stat,

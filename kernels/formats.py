@@ -1,0 +1,292 @@
+"""Weight formats with a fast matmul: each holds one linear's weight in its storage layout and
+computes y = x · Wᵀ (x of shape (tokens, in)) with a real kernel on the device it was built for.
+
+    int8        per-channel int8 codes        torch._weight_int8pack_mm (CPU, CUDA)
+    int4        4-bit codes, groups 32..256   torch._weight_int4pack_mm (CUDA, tinygemm) and
+                                              torch._weight_int4pack_mm_for_cpu
+    packed      2..8-bit codes in `pack`'s    the project's Triton kernel (CUDA, or the CPU under
+                layout, any groups, g_idx     TRITON_INTERPRET=1); elsewhere dequantized per call
+                                              in PyTorch (backend 'torch-dequant', slow, honest)
+    csr         unstructured zeros            torch.sparse.mm on a CSR matrix (fp32)
+    2:4         two nonzeros in every 4       torch.sparse.to_sparse_semi_structured (CUDA;
+                                              CUTLASS or cuSPARSELt)
+    dense       the weight as it is           F.linear (the baseline; structured pruning's
+                                              smaller matrices are this format)
+
+Every format dequantizes back to the fp32 weight it computes with (`dequantize`), which is what
+the tests compare its output against. `weight_bytes` is what one matmul must read of the weight:
+the bound of a memory-bound decode step.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels import triton_packed
+from methods.quantization.quantizer import QuantizedTensor, pack, unpack
+
+INT4_GROUPS = (32, 64, 128, 256)   # what tinygemm's int4 kernels take
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+class WeightFormat:
+    """One linear's weight in a kernel's layout."""
+
+    name = "dense"
+    backend = "F.linear"
+
+    def __init__(self, out_features: int, in_features: int, device: torch.device):
+        self.out_features, self.in_features, self.device = out_features, in_features, torch.device(device)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:  # (tokens, in) -> (tokens, out)
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:  # (out, in) fp32
+        raise NotImplementedError
+
+    @property
+    def weight_bytes(self) -> int:
+        raise NotImplementedError
+
+
+class Dense(WeightFormat):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(*weight.shape, weight.device)
+        self.weight = weight
+
+    def matmul(self, x):
+        return F.linear(x, self.weight)
+
+    def dequantize(self):
+        return self.weight.float()
+
+    @property
+    def weight_bytes(self):
+        return self.weight.numel() * self.weight.element_size()
+
+
+def _single_group(qt: QuantizedTensor) -> bool:
+    return qt.scale.shape[1] == 1 and qt.g_idx is None
+
+
+class Int8(WeightFormat):
+    """W = s · (q − z) per output row, run as s · (q − 128) through the int8 kernel plus the exact
+    correction s · (128 − z) · Σx for an asymmetric zero (zero for symmetric codes). K is padded
+    to a multiple of 16 with zero columns: torch 2.13's CPU kernel with bf16 inputs crashes or
+    returns garbage otherwise (tests/test_kernels.py holds it to the reference)."""
+
+    name, backend = "int8", "torch._weight_int8pack_mm"
+
+    def __init__(self, qt: QuantizedTensor, device: torch.device, dtype: torch.dtype):
+        if qt.bits != 8 or not _single_group(qt):
+            raise ValueError(f"int8 takes 8-bit codes with one scale per row, got {qt.bits}-bit, "
+                             f"{qt.scale.shape[1]} groups per row")
+        super().__init__(*qt.shape, device)
+        self.k_pad = -qt.shape[1] % 16
+        self.q = F.pad(qt.codes.to(torch.int16) - 128, (0, self.k_pad)).to(torch.int8).to(device).contiguous()
+        s, z = qt.scale[:, 0].float(), qt.zero[:, 0].float()
+        self.scale = s.to(device, dtype)
+        corr = s * (128 - z)
+        self.correction = corr.to(device, dtype) if bool(corr.ne(0).any()) else None
+
+    def matmul(self, x):
+        y = torch._weight_int8pack_mm(F.pad(x, (0, self.k_pad)) if self.k_pad else x, self.q, self.scale.to(x.dtype))
+        if self.correction is not None:
+            y = y + x.sum(-1, keepdim=True) * self.correction
+        return y
+
+    def dequantize(self):
+        w = self.q[:, :self.in_features].float() * self.scale.float()[:, None]
+        return w + self.correction.float()[:, None] if self.correction is not None else w
+
+    @property
+    def weight_bytes(self):
+        return self.out_features * self.in_features + 2 * self.scale.numel() * self.scale.element_size()
+
+
+class Int4(WeightFormat):
+    """tinygemm's int4: W = (q − 8) · s + m per (row, group of 32..256 inputs), where our
+    s · (q − z) gives m = s · (8 − z). Act-order groups become contiguous by permuting the input
+    (one gather per call); K and N are padded to the kernel's multiples with zero-weight columns
+    and rows that the output drops."""
+
+    name = "int4"
+
+    def __init__(self, qt: QuantizedTensor, device: torch.device, dtype: torch.dtype):
+        device = torch.device(device)
+        rows, cols = qt.shape
+        g = qt.group_size
+        if qt.bits != 4 or g not in INT4_GROUPS:
+            raise ValueError(f"int4 takes 4-bit codes in groups of {INT4_GROUPS}, got {qt.bits}-bit, group {g}")
+        super().__init__(rows, cols, device)
+        self.group = g
+        self.perm = None
+        codes, scale, zero = qt.codes, qt.scale.float(), qt.zero.float()
+        if qt.g_idx is not None:
+            order = torch.argsort(qt.g_idx, stable=True)
+            counts = torch.bincount(qt.g_idx, minlength=scale.shape[1])
+            if bool((counts[:-1] != g).any()):
+                raise ValueError("int4 needs act-order groups of exactly group_size columns (GPTQ's act_order)")
+            codes, self.perm = codes[:, order], order.to(device)
+        cuda = device.type == "cuda"
+        k_mult = math.lcm(g, 128 if cuda else g)   # CUDA packs K in tiles of innerKTiles · 16 = 128
+        kp, np_ = -(-cols // k_mult) * k_mult, -(-rows // (8 if cuda else 16)) * (8 if cuda else 16)
+        self.k_pad = kp - cols
+        codes = F.pad(codes.to(torch.int32), (0, kp - cols, 0, np_ - rows), value=8)
+        ng = kp // g
+        scale = F.pad(scale, (0, ng - scale.shape[1], 0, np_ - rows), value=1.0)
+        zero = F.pad(zero, (0, ng - zero.shape[1], 0, np_ - rows), value=8.0)
+        self.dtype = torch.bfloat16 if cuda else dtype
+        self.scales_and_zeros = torch.stack([scale, scale * (8 - zero)], -1).transpose(0, 1).contiguous().to(
+            device, self.dtype)
+        if cuda:
+            u8 = codes.to(torch.uint8)
+            self.packed = torch._convert_weight_to_int4pack((u8[:, ::2] << 4 | u8[:, 1::2]).contiguous().to(device), 8)
+            self.backend = "torch._weight_int4pack_mm (tinygemm)"
+        else:
+            self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+            self.backend = "torch._weight_int4pack_mm_for_cpu"
+        self._codes = codes[:rows, :cols]   # in the kernel's column order, for `dequantize`
+
+    def matmul(self, x):
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        if self.k_pad:
+            x = F.pad(x, (0, self.k_pad))
+        dt = x.dtype
+        x = x.to(self.dtype)
+        if self.device.type == "cuda":
+            y = torch._weight_int4pack_mm(x, self.packed, self.group, self.scales_and_zeros)
+        else:
+            y = torch._weight_int4pack_mm_for_cpu(x, self.packed, self.group, self.scales_and_zeros)
+        return y[:, :self.out_features].to(dt)
+
+    def dequantize(self):
+        sz = self.scales_and_zeros.float().cpu()[:, :self.out_features]
+        idx = torch.arange(self.in_features) // self.group
+        w = (self._codes.float() - 8) * sz[idx, :, 0].t() + sz[idx, :, 1].t()
+        if self.perm is not None:
+            w = w[:, torch.argsort(self.perm.cpu())]
+        return w
+
+    @property
+    def weight_bytes(self):
+        return self.out_features * self.in_features // 2 + self.scales_and_zeros.numel() * 2
+
+
+class Packed(WeightFormat):
+    """2..8-bit codes in `pack`'s int32 words, scale and zero per (row, group), g_idx per column."""
+
+    name = "packed"
+
+    def __init__(self, qt: QuantizedTensor, device: torch.device, dtype: torch.dtype):
+        device = torch.device(device)
+        super().__init__(*qt.shape, device)
+        self.bits = qt.bits
+        self.words = pack(qt.codes, qt.bits).to(device)
+        self.scale = qt.scale.float().to(device, dtype).contiguous()
+        self.zero = qt.zero.float().to(device, dtype).contiguous()
+        self.g_idx = qt.groups().to(device, torch.int32).contiguous()
+        self.backend = "triton (compbench packed_matmul)" if triton_packed.available(device) else "torch-dequant"
+
+    def matmul(self, x):
+        if self.backend.startswith("triton"):
+            return triton_packed.packed_matmul(x.contiguous(), self.words, self.scale, self.zero, self.g_idx,
+                                               self.bits, self.out_features)
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+    def dequantize(self):
+        codes = unpack(self.words, self.bits, (self.out_features, self.in_features)).float()
+        g = self.g_idx.long()
+        return self.scale.float()[:, g] * (codes - self.zero.float()[:, g])
+
+    @property
+    def weight_bytes(self):
+        return self.words.numel() * 4 + 2 * self.scale.numel() * self.scale.element_size() + self.g_idx.numel() * 4
+
+
+class CSR(WeightFormat):
+    """Unstructured zeros as a CSR matrix, y = (W_csr · xᵀ)ᵀ through MKL's sparse GEMM (fp32 only)."""
+
+    name, backend = "csr", "torch.sparse.mm (CSR)"
+
+    def __init__(self, weight: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32):
+        super().__init__(*weight.shape, device)
+        self.csr = weight.detach().to(device, torch.float32).to_sparse_csr()
+        self.density = self.csr.values().numel() / max(1, weight.numel())
+
+    def matmul(self, x):
+        return torch.sparse.mm(self.csr, x.t().float()).t().to(x.dtype)
+
+    def dequantize(self):
+        return self.csr.to_dense()
+
+    @property
+    def weight_bytes(self):
+        nnz = self.csr.values().numel()
+        return nnz * 8 + (self.out_features + 1) * 8
+
+
+def is_24(weight: torch.Tensor) -> bool:
+    """At most two nonzeros in every group of four consecutive inputs."""
+    if weight.shape[1] % 4:
+        return False
+    return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
+
+
+class Semi24(WeightFormat):
+    """2:4 semi-structured sparsity through torch.sparse.to_sparse_semi_structured (CUDA, fp16/bf16)."""
+
+    name = "2:4"
+
+    def __init__(self, weight: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                 backend: str = "cutlass"):
+        from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError("2:4 sparse kernels run on CUDA only (CUTLASS / cuSPARSELt); on a CPU use csr")
+        if not is_24(weight):
+            raise ValueError("the weight is not 2:4 sparse (at most 2 nonzeros in every 4 inputs)")
+        super().__init__(*weight.shape, device)
+        SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+        self.dense = weight.detach().to(device, dtype)
+        self.sparse = to_sparse_semi_structured(self.dense)
+        self.backend = f"to_sparse_semi_structured ({backend})"
+
+    def matmul(self, x):
+        return F.linear(x, self.sparse)
+
+    def dequantize(self):
+        return self.dense.float()
+
+    @property
+    def weight_bytes(self):
+        return self.dense.numel() * self.dense.element_size() // 2 + self.dense.numel() // 8
+
+
+@dataclass
+class Residual:
+    """The weights a quantizer kept in full precision (OWQ's columns, SpQR's outliers) as a sparse
+    fp32 difference to the codes' values, added to the kernel's output."""
+
+    csr: torch.Tensor
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, base: torch.Tensor, tol: float = 1e-6) -> "Residual | None":
+        diff = weight.float() - base.float()
+        diff[diff.abs() <= tol * weight.float().abs().clamp_min(1e-30)] = 0
+        return cls(diff.to_sparse_csr()) if bool(diff.ne(0).any()) else None
+
+    def to(self, device: torch.device) -> "Residual":
+        return Residual(self.csr.to(device))
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(self.csr, x.t().float()).t().to(x.dtype)
+
+    @property
+    def nnz(self) -> int:
+        return self.csr.values().numel()

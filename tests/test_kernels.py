@@ -1,0 +1,232 @@
+"""kernels/: every format's matmul against its dequantized fp32 reference on awkward shapes, the
+Triton kernel under Triton's CPU interpreter, bit-exact packing, GPTQ's codes, and convert.
+
+Tolerances: fp32 activations 1e-5 relative (the kernels reorder the same fp32 sums); bf16
+activations 2e-2 relative (bf16 keeps 8 bits of mantissa in the inputs and, for int4, the scales)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kernels.formats import CSR, Int4, Int8, Packed, Residual, Semi24, is_24
+from kernels.linear import KernelLinear
+from methods.quantization.quantizer import QuantizedTensor, QuantSpec, pack, quantize_weight, unpack
+
+FP32_TOL, BF16_TOL = 1e-5, 2e-2
+
+
+def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.float() - ref.float()).norm() / ref.float().norm())
+
+
+def codes(rows: int, cols: int, bits: int, group: int | None, sym: bool = False, seed: int = 0) -> QuantizedTensor:
+    torch.manual_seed(seed)
+    spec = QuantSpec(bits=bits, sym=sym, granularity="group" if group else "channel", group_size=group or 128)
+    return quantize_weight(torch.randn(rows, cols) * 0.05, spec)
+
+
+def act_order(qt: QuantizedTensor, seed: int = 1) -> QuantizedTensor:
+    """The same codes with GPTQ act-order groups: group k holds the columns at permuted positions
+    k·g … (k+1)·g − 1 of a random column order."""
+    cols = qt.codes.shape[1]
+    perm = torch.randperm(cols, generator=torch.Generator().manual_seed(seed))
+    g_idx = torch.empty(cols, dtype=torch.long)
+    g_idx[perm] = torch.arange(cols) // qt.group_size
+    return QuantizedTensor(qt.codes, qt.scale, qt.zero, qt.group_size, qt.bits, g_idx)
+
+
+# ---- packing -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_pack_unpack_round_trips_bit_exactly(bits):
+    torch.manual_seed(bits)
+    c = torch.randint(0, 2 ** bits, (37, 53), dtype=torch.uint8)   # 1961 codes: no whole number of words
+    c.view(-1)[: 2 ** bits] = torch.arange(2 ** bits)               # every code value, the top bit included
+    words = pack(c, bits)
+    assert words.dtype == torch.int32 and words.numel() == -(-c.numel() // (32 // bits))
+    assert torch.equal(unpack(words, bits, tuple(c.shape)), c)
+
+
+def test_pack_rejects_codes_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        pack(torch.tensor([0, 8]), 3)
+
+
+# ---- weight-only quantized formats -----------------------------------------------------------------
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
+def test_int8_matches_the_dequantized_codes(sym, dtype, tol):
+    qt = codes(37, 45, 8, None, sym=sym)
+    fmt = Int8(qt, "cpu", dtype)
+    x = torch.randn(3, 45)
+    ref = x @ qt.dequantize().t()
+    assert (fmt.correction is None) == sym     # the asymmetric zero needs the Σx correction
+    assert rel(fmt.matmul(x.to(dtype)), ref) < tol
+    # the scales (and the zero's correction), rounded to the activations' dtype
+    assert rel(fmt.dequantize(), qt.dequantize()) < (1e-6 if dtype == torch.float32 else 2 ** -8)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
+def test_int4_cpu_kernel_matches_the_dequantized_codes(ordered, dtype, tol):
+    qt = codes(40, 200, 4, 64)          # N not a multiple of 16, K not a multiple of the group
+    if ordered:
+        qt = act_order(qt)
+    fmt = Int4(qt, "cpu", dtype)
+    assert fmt.backend == "torch._weight_int4pack_mm_for_cpu" and fmt.k_pad == 56
+    for m in (1, 7):
+        x = torch.randn(m, 200)
+        assert rel(fmt.matmul(x.to(dtype)), x @ qt.dequantize().t()) < tol
+        assert rel(fmt.matmul(x.to(dtype)), x @ fmt.dequantize().t()) < tol
+    assert rel(fmt.dequantize(), qt.dequantize()) < (1e-6 if dtype == torch.float32 else 2 ** -8)
+
+
+def test_int4_rejects_what_tinygemm_cannot_run():
+    with pytest.raises(ValueError, match="groups of"):
+        Int4(codes(16, 64, 4, 16), "cpu", torch.float32)
+    with pytest.raises(ValueError, match="4-bit"):
+        Int4(codes(16, 64, 3, 32), "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 16), (4, None), (4, 64), (8, 32)])
+def test_packed_matches_the_dequantized_codes_in_torch_and_triton(bits, group, monkeypatch):
+    qt = act_order(codes(37, 77, bits, group)) if group else codes(37, 77, bits, None)
+    x = torch.randn(5, 77)
+    ref = x @ qt.dequantize().t()
+    torch.testing.assert_close(Packed(qt, "cpu", torch.float32).dequantize(), qt.dequantize())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    eager = Packed(qt, "cpu", torch.float32)
+    assert eager.backend == "torch-dequant"
+    assert rel(eager.matmul(x), ref) < FP32_TOL
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = Packed(qt, "cpu", torch.float32)
+    assert kernel.backend.startswith("triton")
+    for m in (1, 5, 19):                 # one row, and more rows than one 16-row tile
+        xm = torch.randn(m, 77)
+        assert rel(kernel.matmul(xm), xm @ qt.dequantize().t()) < FP32_TOL
+
+
+def test_triton_kernel_reads_the_group_of_every_column():
+    """A g_idx that puts column k in group (k mod G) must scale every column by its own group:
+    a kernel that assumed runs of group_size columns would be off by whole scales."""
+    pytest.importorskip("triton")
+    from kernels.triton_packed import packed_matmul
+    qt = codes(20, 48, 4, 16)
+    scale = torch.tensor([[1.0, 10.0, 100.0]]).repeat(20, 1)
+    mixed = QuantizedTensor(qt.codes, scale, qt.zero, 16, 4, torch.arange(48) % 3)
+    x = torch.randn(2, 48)
+    y = packed_matmul(x, pack(mixed.codes, 4), mixed.scale, mixed.zero.float(), mixed.g_idx.int(), 4, 20)
+    assert rel(y, x @ mixed.dequantize().t()) < FP32_TOL
+    assert rel(y, x @ QuantizedTensor(qt.codes, scale, qt.zero, 16, 4).dequantize().t()) > 0.1
+
+
+# ---- sparse formats ------------------------------------------------------------------------------
+def test_csr_matches_the_dense_pruned_weight():
+    torch.manual_seed(0)
+    w = torch.randn(37, 45)
+    w[torch.rand_like(w) < 0.7] = 0
+    fmt = CSR(w, "cpu")
+    x = torch.randn(6, 45)
+    assert fmt.density == pytest.approx(float((w != 0).float().mean()))
+    assert rel(fmt.matmul(x), x @ w.t()) < FP32_TOL
+
+
+def test_2_4_pattern_check_and_cpu_refusal():
+    w = torch.randn(8, 16)
+    assert not is_24(w)
+    g = w.reshape(8, 4, 4)
+    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.abs().topk(2, -1).indices, True)
+    pruned = (g * keep).reshape(8, 16)
+    assert is_24(pruned) and not is_24(pruned[:, :14])
+    with pytest.raises(ValueError, match="CUDA only"):
+        Semi24(pruned, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 kernels need CUDA")
+def test_2_4_matches_the_dense_pruned_weight_on_cuda():
+    torch.manual_seed(0)
+    w = torch.randn(128, 256)
+    g = w.reshape(128, 64, 4)
+    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.abs().topk(2, -1).indices, True)
+    pruned = (g * keep).reshape(128, 256)
+    fmt = Semi24(pruned, "cuda")
+    x = torch.randn(32, 256, device="cuda", dtype=torch.bfloat16)
+    assert rel(fmt.matmul(x), x.float() @ pruned.cuda().t()) < BF16_TOL
+
+
+# ---- the module ------------------------------------------------------------------------------------
+def test_kernel_linear_adds_the_kept_weights_and_the_bias():
+    """OWQ/SpQR keep some weights in fp16: the layer computes codes + sparse residual + bias."""
+    qt = codes(24, 64, 4, 32)
+    w = qt.dequantize().clone()
+    w[:, 5] = torch.randn(24)          # a kept column
+    w[3, 40] = 1.5                     # an outlier
+    res = Residual.of(w, qt.dequantize())
+    assert res.nnz == 24 + 1
+    bias = torch.randn(24)
+    layer = KernelLinear(Int4(qt, "cpu", torch.float32), bias, res)
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, w, bias), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.dequantized_weight(), w)
+
+
+# ---- GPTQ keeps its codes --------------------------------------------------------------------------
+@pytest.mark.parametrize("act_order_,static", [(False, False), (True, False), (True, True)])
+def test_gptq_codes_dequantize_to_its_weight(act_order_, static):
+    from methods.quantization.gptq import gptq_quantize
+    torch.manual_seed(0)
+    W = torch.randn(32, 80)
+    W[:, 7] = 0                        # pruned weights stay exactly zero, through their code for 0
+    X = torch.randn(256, 80) * torch.linspace(0.1, 3, 80)
+    H = 2 * X.t() @ X / 256
+    spec = QuantSpec(bits=3, granularity="group", group_size=16)
+    res = gptq_quantize(W, H, spec, blocksize=32, act_order=act_order_, static_groups=static)
+    qt = res.codes
+    assert (qt.g_idx is not None) == (act_order_ and not static)
+    if qt.g_idx is not None:           # five groups of 16 columns each, in the permuted order
+        assert torch.equal(torch.bincount(qt.g_idx), torch.full((5,), 16))
+    torch.testing.assert_close(qt.dequantize(), res.weight, rtol=0, atol=0)
+    assert int(qt.codes.max()) <= 7 and bool((res.weight[:, 7] == 0).all())
+
+
+# ---- convert ----------------------------------------------------------------------------------------
+def test_spec_for_maps_records_to_formats():
+    from kernels.convert import NoKernel, spec_for
+    q = {"kind": "quantized", "wbits": 4, "quant_granularity": "group", "group_size": 128}
+    assert spec_for({"compression": q}).key == "int4-w4-g128"
+    assert spec_for({**q, "group_size": 16}).key == "packed-w4-g16"
+    assert spec_for({**q, "wbits": 3, "quant_granularity": "channel"}).key == "packed-w3-ch"
+    assert spec_for({**q, "wbits": 8, "quant_granularity": "tensor"}).key == "int8"
+    assert spec_for({"kind": "unstructured", "comp_rate": 0.5}).key == "sparse-50"
+    assert spec_for({"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}).key == "2:4"
+    assert spec_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
+    with pytest.raises(NoKernel, match="uniform"):
+        spec_for({**q, "quant_granularity": "codebook-per-row"})
+
+
+def test_convert_refuses_a_model_without_codes(tiny):
+    from kernels.convert import convert
+    import copy
+    record = {"compression": {"kind": "quantized", "wbits": 4, "quant_granularity": "group", "group_size": 128}}
+    with pytest.raises(ValueError, match="holds no integer codes"):
+        convert(copy.deepcopy(tiny.model), record)
+
+
+@pytest.mark.slow
+def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(tmp_path):
+    """The pipeline's kernel stage: GPTQ W4 g128 on the tiny Llama, the linears swapped for the
+    int4 CPU kernel, perplexity on 4 windows within 1e-4 (relative) of the fake-quantized model's."""
+    from conftest import base_config
+    from eval.pipeline import run
+    rec = run(base_config(tmp_path, method="gptq", **{"method.wbits": 4, "method.group_size": 128,
+                                                       "kernels.convert": "true", "eval.max_windows": 4,
+                                                       "calib.nsamples": 16}))
+    k = rec["kernels"]
+    assert k["format"] == "int4-w4-g128" and k["layers"] == 28
+    assert k["backends"] == ["torch._weight_int4pack_mm_for_cpu"]
+    assert k["max_weight_rel_err"] < 1e-6 and k["residual_nnz"] == 0   # (q − 8)·s + m vs s·(q − z): rounding
+    fake, kern = k["score_fake_quant"]["wikitext2"], k["score"]["wikitext2"]
+    assert fake == rec["metrics"]["wikitext2"]["ppl"]
+    assert abs(kern / fake - 1) < 1e-4, (kern, fake)
+    assert k["decode_speedup"] > 0 and k["prefill_speedup"] > 0 and k["dense"]["prefill_tokens"] == 512
