@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install data model demo test test-fast table3 table5 table2 table4 table6 table7 table2-high-cost \
-        table3-trained table4-trained table5-trained bench bench-train clean
+        table3-trained table4-trained table5-trained bench bench-kernels bench-train clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -116,6 +116,11 @@ test-fast: model
 
 bench: model
 	$(PY) scripts/bench_speed.py
+
+# The kernel benchmark on this machine (CPU: about 10 minutes on 2 cores) -> results/bench/kernels-cpu.json;
+# on a GPU machine: scripts/bench_kernels_gpu.sh
+bench-kernels: model
+	$(PY) kernels/bench.py $(ARGS)
 
 bench-train: model
 	$(PY) scripts/bench_train.py $(FINETUNED)

@@ -212,7 +212,8 @@ def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation,
     except NoKernel as err:
         log.warning("no kernel for this run's format: %s", err)
         return {"format": None, "reason": str(err)}
-    out: dict[str, Any] = {**conv.to_record(), "device": provenance.hardware(p.device)["name"]}
+    out: dict[str, Any] = {**conv.to_record(), "device": provenance.hardware(p.device)["name"],
+                           "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch.")}
     if not conv.layers:
         return {**out, "reason": "nothing to convert: the compressed model's dense matrices are its format"}
     ev_k = p.task.evaluate(loaded, p.device, f"{p.method.name}+kernels")

@@ -2,7 +2,7 @@
 
 The record (a result record, or its `compression` part) says which format the run produced:
 
-    quantized, uniform integer codes   int8 (8-bit, one scale per row), int4 (4-bit, groups of
+    quantized, uniform integer codes   int8 (symmetric 8-bit, one scale per row), int4 (4-bit, groups of
                                        32..256), else packed (2..8 bits, any groups, act-order)
     unstructured / n:m zeros           2:4 on CUDA where every layer is 2:4, else CSR
     structured, low-rank, distilled    nothing to swap: the smaller dense matrices are the format
@@ -54,6 +54,31 @@ class KernelSpec:
         return "dense"
 
 
+    @classmethod
+    def parse(cls, key: str) -> "KernelSpec":
+        """The inverse of `key`: int8, int4-w4-g128, packed-w3-ch, sparse-90, 2:4, dense."""
+        head, *rest = key.split("-")
+        if key in ("int8", "dense", "2:4"):
+            return {"int8": cls("int8", 8), "dense": cls("dense"), "2:4": cls("sparse", sparsity=0.5, pattern="2:4")}[key]
+        if head in ("int4", "packed") and len(rest) == 2 and rest[0].startswith("w"):
+            group = None if rest[1] == "ch" else int(rest[1].lstrip("g"))
+            return cls(head, int(rest[0][1:]), group)
+        if head == "sparse" and len(rest) == 1:
+            return cls("sparse", sparsity=int(rest[0]) / 100, pattern="unstructured")
+        raise ValueError(f"unknown kernel format '{key}': int8, int4-w4-g<32..256>, packed-w<2..8>-<g<n>|ch>, "
+                         "sparse-<percent>, 2:4 or dense")
+
+    def compression(self) -> dict[str, Any]:
+        """A record's `compression` entry that `spec_for` maps back to this format."""
+        if self.format in ("int8", "int4", "packed"):
+            return {"kind": "quantized", "wbits": self.bits, "group_size": self.group, "sym": self.format == "int8",
+                    "quant_granularity": "group" if self.group else "channel"}
+        if self.format == "sparse":
+            return {"kind": "n:m" if self.pattern == "2:4" else "unstructured", "comp_rate": self.sparsity,
+                    "pattern": self.pattern}
+        return {"kind": "dense"}
+
+
 def spec_for(record: dict[str, Any]) -> KernelSpec:
     """The kernel format of a record (or of its `compression` dict); NoKernel says why none fits."""
     comp = record.get("compression", record)
@@ -65,7 +90,7 @@ def spec_for(record: dict[str, Any]) -> KernelSpec:
                            "codes per tensor, channel or group")
         bits = int(bits)
         group = comp.get("group_size") if gran == "group" else None
-        if bits == 8 and group is None:
+        if bits == 8 and group is None and comp.get("sym"):
             return KernelSpec("int8", 8)
         if bits == 4 and group in INT4_GROUPS:
             return KernelSpec("int4", 4, group)
@@ -101,7 +126,7 @@ def _quantized(layer: nn.Module, name: str, spec: KernelSpec, device: torch.devi
                          "that compressed the model; convert right after compressing (engine.keep_codes=true)")
     if qt.bits != spec.bits:
         raise ValueError(f"{name} holds {qt.bits}-bit codes, the record says {spec.bits}")
-    if spec.format == "int8" and qt.scale.shape[1] == 1:
+    if spec.format == "int8" and qt.scale.shape[1] == 1 and bool((qt.zero == 128).all()):
         return Int8(qt, device, dtype), qt
     if spec.format == "int4" and qt.group_size in INT4_GROUPS:
         try:
@@ -112,11 +137,12 @@ def _quantized(layer: nn.Module, name: str, spec: KernelSpec, device: torch.devi
 
 
 @torch.no_grad()
-def convert(model: nn.Module, record: dict[str, Any], device: torch.device | str | None = None,
+def convert(model: nn.Module, record: dict[str, Any] | KernelSpec, device: torch.device | str | None = None,
             dtype: torch.dtype | None = None, sparse_backend: str = "cutlass") -> Conversion:
     """Swap every compressible linear of `model` for a KernelLinear in the record's format, on
-    `device` (default: where the model is) with activations in `dtype` (default: the model's)."""
-    spec = spec_for(record)
+    `device` (default: where the model is) with activations in `dtype` (default: the model's).
+    `record` may also name the format directly (a KernelSpec: the benchmark's packed-w4-g128)."""
+    spec = record if isinstance(record, KernelSpec) else spec_for(record)
     first = next(model.parameters())
     device = torch.device(device) if device is not None else first.device
     dtype = dtype or first.dtype

@@ -34,3 +34,27 @@ def speedups(dense: dict[str, float], converted: dict[str, float]) -> dict[str, 
         return {"forward_speedup": dense["forward_s"] / converted["forward_s"]}
     return {"prefill_speedup": dense["prefill_s"] / converted["prefill_s"],
             "decode_speedup": converted["decode_tokens_per_s"] / dense["decode_tokens_per_s"]}
+
+
+@torch.no_grad()
+def compress_for(model: torch.nn.Module, key: str) -> None:
+    """Give `model`'s compressible linears the format `key` in place, as a method would leave them
+    (round-to-nearest codes kept on each linear; magnitude or 2:4 zeros), ready for convert."""
+    from kernels import cases
+    from kernels.convert import KernelSpec
+    from methods.core.arch import family_of, weight_matrix
+    from methods.quantization.quantizer import keep_codes, quantize_weight
+
+    spec = KernelSpec.parse(key.replace("-cusparselt", ""))
+    family = family_of(model.config.model_type)
+    for block in family.blocks(model):
+        for layer in family.linears(block).values():
+            W = weight_matrix(layer)
+            if spec.format in ("int8", "int4", "packed"):
+                qt = quantize_weight(W, cases.quant_spec(spec))
+                W.copy_(qt.dequantize().to(W.dtype))
+                keep_codes(layer, qt)
+            elif spec.pattern == "2:4":
+                W.copy_(cases.prune_24(W.float()).to(W.dtype))
+            elif spec.format == "sparse":
+                W.copy_(cases.prune_magnitude(W.float(), spec.sparsity).to(W.dtype))

@@ -1,7 +1,7 @@
 """Weight formats with a fast matmul: each holds one linear's weight in its storage layout and
 computes y = x · Wᵀ (x of shape (tokens, in)) with a real kernel on the device it was built for.
 
-    int8        per-channel int8 codes        torch._weight_int8pack_mm (CPU, CUDA)
+    int8        symmetric per-channel codes   torch._weight_int8pack_mm (CPU, CUDA)
     int4        4-bit codes, groups 32..256   torch._weight_int4pack_mm (CUDA, tinygemm) and
                                               torch._weight_int4pack_mm_for_cpu
     packed      2..8-bit codes in `pack`'s    the project's Triton kernel (CUDA, or the CPU under
@@ -74,10 +74,11 @@ def _single_group(qt: QuantizedTensor) -> bool:
 
 
 class Int8(WeightFormat):
-    """W = s · (q − z) per output row, run as s · (q − 128) through the int8 kernel plus the exact
-    correction s · (128 − z) · Σx for an asymmetric zero (zero for symmetric codes). K is padded
-    to a multiple of 16 with zero columns: torch 2.13's CPU kernel with bf16 inputs crashes or
-    returns garbage otherwise (tests/test_kernels.py holds it to the reference)."""
+    """Symmetric 8-bit codes, W = s · (q − 128) per output row, through the int8 kernel. K is
+    padded to a multiple of 16 with zero columns: torch 2.13's CPU kernel with bf16 inputs crashes
+    or returns garbage otherwise (tests/test_kernels.py holds it to the reference). Asymmetric
+    codes would need s · (128 − z) · Σx added back, a large offset that cancels in a bf16 output:
+    they take the packed format instead."""
 
     name, backend = "int8", "torch._weight_int8pack_mm"
 
@@ -85,27 +86,22 @@ class Int8(WeightFormat):
         if qt.bits != 8 or not _single_group(qt):
             raise ValueError(f"int8 takes 8-bit codes with one scale per row, got {qt.bits}-bit, "
                              f"{qt.scale.shape[1]} groups per row")
+        if bool((qt.zero != 128).any()):
+            raise ValueError("int8 takes symmetric codes (zero point 128); asymmetric 8-bit codes take 'packed'")
         super().__init__(*qt.shape, device)
         self.k_pad = -qt.shape[1] % 16
         self.q = F.pad(qt.codes.to(torch.int16) - 128, (0, self.k_pad)).to(torch.int8).to(device).contiguous()
-        s, z = qt.scale[:, 0].float(), qt.zero[:, 0].float()
-        self.scale = s.to(device, dtype)
-        corr = s * (128 - z)
-        self.correction = corr.to(device, dtype) if bool(corr.ne(0).any()) else None
+        self.scale = qt.scale[:, 0].float().to(device, dtype)
 
     def matmul(self, x):
-        y = torch._weight_int8pack_mm(F.pad(x, (0, self.k_pad)) if self.k_pad else x, self.q, self.scale.to(x.dtype))
-        if self.correction is not None:
-            y = y + x.sum(-1, keepdim=True) * self.correction
-        return y
+        return torch._weight_int8pack_mm(F.pad(x, (0, self.k_pad)) if self.k_pad else x, self.q, self.scale.to(x.dtype))
 
     def dequantize(self):
-        w = self.q[:, :self.in_features].float() * self.scale.float()[:, None]
-        return w + self.correction.float()[:, None] if self.correction is not None else w
+        return self.q[:, :self.in_features].float() * self.scale.float()[:, None]
 
     @property
     def weight_bytes(self):
-        return self.out_features * self.in_features + 2 * self.scale.numel() * self.scale.element_size()
+        return self.out_features * self.in_features + self.scale.numel() * self.scale.element_size()
 
 
 class Int4(WeightFormat):

@@ -10,7 +10,9 @@ Each program computes a BLOCK_M × BLOCK_N tile of y: per K-tile it loads the x 
 words of the BLOCK_K × BLOCK_N codes, shifts and masks them, dequantizes in registers with the
 column's group scale and zero, and accumulates x_tile · w_tile with `tl.dot` in fp32 (operands
 in x's dtype: fp16/bf16 on a GPU). With TRITON_INTERPRET=1 the same kernel runs on the CPU
-(Triton's interpreter): that is how CI checks it.
+(Triton's interpreter): that is how CI checks it. The interpreter gets bf16 arithmetic wrong
+(Triton 3.9: a bf16 `tl.dot` or product returns garbage; casts are right), so there bf16
+operands are cast to fp32 before the dot; the GPU path multiplies in bf16.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ if triton is not None:
     def _packed_matmul_kernel(x_ptr, words_ptr, scale_ptr, zero_ptr, gidx_ptr, y_ptr,
                               M, N, K, G, stride_xm, stride_xk, stride_ym, stride_yn,
                               BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_K: tl.constexpr):
+                              BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
         PER: tl.constexpr = 32 // BITS
         MAXQ: tl.constexpr = (1 << BITS) - 1
         pid_m = tl.program_id(0)
@@ -60,8 +62,11 @@ if triton is not None:
             stat = offs_n[None, :] * G + grp[:, None]
             s = tl.load(scale_ptr + stat, mask=wk_ok, other=0.0)
             z = tl.load(zero_ptr + stat, mask=wk_ok, other=0.0)
-            w = (code.to(tl.float32) - z) * s
-            acc += tl.dot(a, w.to(a.dtype))
+            w = (code.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)
+            if UPCAST:   # Triton's CPU interpreter computes bf16 products wrongly: fp32 there
+                acc += tl.dot(a.to(tl.float32), w)
+            else:
+                acc += tl.dot(a, w.to(a.dtype))
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
                  acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -87,5 +92,6 @@ def packed_matmul(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zer
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _packed_matmul_kernel[grid](x, words, scale, zero, g_idx, y, m, n, k, scale.shape[1],
                                 x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                                BITS=bits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+                                BITS=bits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                UPCAST=x.device.type != "cuda" and x.dtype == torch.bfloat16)
     return y

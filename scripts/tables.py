@@ -13,6 +13,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from eval.records import RecordStore  # noqa: E402
 from tables.build import TABLES, build_table, unplaced, write  # noqa: E402
+from tables.speedups import KernelFigures  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="tables", version_base="1.3")
@@ -28,15 +29,16 @@ def main(cfg: DictConfig) -> None:
     records = list(records.values())
     for rid, why in unplaced(records):
         print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
+    figures = KernelFigures.from_dir(cfg.kernel_bench)
     for key in cfg.tables:
-        df = build_table(TABLES[key], records)
+        df = build_table(TABLES[key], records, figures)
         csv, tex = write(TABLES[key], df, results / "tables")
         n = int((df["source"] == "reproduced").sum())
         print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")
         if cfg.print:
             cols = ["source", "method", "preset", "plm", "granularity", "uniform", "distill_source", "layer_matching",
                     "target", "comp_rate", "ppl_plm", "ppl_compressed", "delta_ppl", "mnli", "qqp", "squad", "avg",
-                    "speedup", "train_steps", "train_minutes", "record"]
+                    "speedup", "speedup_device", "train_steps", "train_minutes", "record"]
             with pd.option_context("display.width", 200, "display.max_rows", 200):
                 print(df[[c for c in cols if c in df.columns]].to_string(index=False))
 

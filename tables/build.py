@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from methods.core.base import Kind, TableRow, build
+from tables.speedups import KernelFigures, speedup_of
 
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 CONF_METHODS = Path(__file__).resolve().parent.parent / "conf" / "method"
@@ -22,6 +23,7 @@ PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.val
 QUANTIZATION = frozenset({Kind.QUANTIZED.value})
 DISTILLATION = frozenset({Kind.DISTILLED.value})
 LOW_RANK = frozenset({Kind.LOW_RANK.value, Kind.ADAPTOR.value})
+SPEEDUP_COLUMNS = ["speedup_device", "speedup_basis"]
 TRAINING_COLUMNS = ["train_steps", "train_samples", "train_minutes", "device_hours", "train_gflops",
                     "train_peak_fraction"]
 
@@ -116,18 +118,17 @@ def _bits_label(comp: dict) -> str:
     return f"W{comp['wbits']}" + (f"A{comp['abits']}" if comp.get("abits") else "")
 
 
-def _speedup(record: dict) -> float | None:
-    """Measured forward-time speedup over the dense model, in the same process (physically smaller
-    models only: fake quantization is not faster)."""
-    s = record.get("speedup")
-    return round(s["value"], 2) if s else None
+def _speedup(record: dict, figures: KernelFigures | None) -> dict[str, Any]:
+    """The measured Speedup cell with its device and basis (tables/speedups.py)."""
+    s = speedup_of(record, figures)
+    return {"speedup": s.value, "speedup_device": s.device, "speedup_basis": s.basis} if s else {}
 
 
 def _granularity(record: dict, meta: TableRow) -> str:
     return meta.granularity or record["compression"]["granularity"]
 
 
-def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
+def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict], figures: KernelFigures | None) -> dict:
     meta = row_meta(record["identity"]["method"], spec.key)
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
@@ -148,13 +149,13 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
         "comp_rate": round(comp["comp_rate"], 4), "model_comp_rate": round(comp["model_comp_rate"], 4),
         "ppl_plm": _ppl(dense, "wikitext2"), "ppl_compressed": _ppl(record, "wikitext2"),
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
-        "speedup": _speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
+        **_speedup(record, figures), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
         **_training(record), **meta.columns,
     }
 
 
-def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
+def _encoder_rows(spec: TableSpec, records: list[dict], figures: KernelFigures | None) -> list[dict]:
     """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
     of each task in its column, Avg over the tasks present."""
     rows: dict[str, dict] = {}
@@ -166,7 +167,7 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
         row = rows.setdefault(key, {
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
             "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
-            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], "speedup": _speedup(r),
+            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], **_speedup(r, figures),
             "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": "", **_training(r),
             **meta.columns})
         for item in comp.get("not_run") or []:
@@ -260,16 +261,17 @@ def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     return float(row["ppl_compressed"] - same.iloc[0]["ppl_compressed"])
 
 
-def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
-    """The reported rows of `spec` followed by one reproduced row per record it takes."""
+def build_table(spec: TableSpec, records: Iterable[dict], figures: KernelFigures | None = None) -> pd.DataFrame:
+    """The reported rows of `spec` followed by one reproduced row per record it takes; Speedup
+    cells from the runs' own measurements or the kernel benchmark's `figures`."""
     records = list(records)
     by_id = {r["id"]: r for r in records}
     mine = [r for r in records if belongs(spec, r)]
     rep = reported(spec)
     if spec.encoder:
-        rows = _encoder_rows(spec, mine)
+        rows = _encoder_rows(spec, mine, figures)
         extra = [c for c in ("plm",) if c not in rep.columns]
-        extra += [c for c in ("speedup",) if c not in rep.columns]
+        extra += [c for c in ("speedup",) if c not in rep.columns] + SPEEDUP_COLUMNS
         trained = spec.key in ("table6", "table7") or any(r.get("training") for r in mine)
         extra += (TRAINING_COLUMNS if trained else []) + ["hardware", "record", "flags"]
         repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
@@ -277,11 +279,11 @@ def build_table(spec: TableSpec, records: Iterable[dict]) -> pd.DataFrame:
             return rep
         repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
         return pd.concat([rep, repro.astype(object)], ignore_index=True)
-    rows = [_decoder_row(spec, r, by_id) for r in mine]
+    rows = [_decoder_row(spec, r, by_id, figures) for r in mine]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
     quant = ["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform" else []
-    extra = ["delta_ppl", "model_comp_rate", *quant, "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
+    extra = ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant, "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
              "flags"]
     if any(r.get("training") for r in mine):
         extra += TRAINING_COLUMNS
@@ -346,14 +348,20 @@ def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | N
         lines += [r"\midrule", rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{source}}}}} \\"]
         for _, row in part.iterrows():
             cells = [_cell(key, row.get(key), digits) for _, key, digits in cols]
+            device = row.get("speedup_device")
+            if source == "reproduced" and isinstance(device, str) and device:
+                i = [k for _, k, _ in cols].index("speedup")
+                cells[i] += r"\,{\scriptsize " + device.rsplit("(", 1)[-1].rstrip(")") + "}"
             if source == "reproduced" and isinstance(row.get("flags"), str) and row["flags"] and not spec.encoder:
                 cells[6] += r"$^\dagger$"
             lines.append(" & ".join(cells) + r" \\")
     note = (r"\par\footnotesize Reproduced rows: task columns are differences (\%p) to the fine-tuned model; "
-            r"rate as in the survey (FLOPs-based where marked in the CSV); Record = results/runs/<id>.json."
+            r"rate as in the survey (FLOPs-based where marked in the CSV); Speedup measured on the CPU or GPU "
+            r"named beside it (device and basis in the CSV); Record = results/runs/<id>.json."
             if spec.encoder else
             r"\par\footnotesize Reproduced rows: rate = zero fraction of the compressed linears (pruning) or "
             r"1 - stored bits / 16 bits (quantization); $\dagger$ = flagged (non-finite or $>10^4$ perplexity); "
+            r"Speedup measured on the CPU or GPU named beside it (device and basis in the CSV); "
             r"Record = results/runs/<id>.json.")
     lines += [r"\bottomrule", r"\end{tabular}", note, r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -53,17 +53,17 @@ def test_pack_rejects_codes_out_of_range():
 
 
 # ---- weight-only quantized formats -----------------------------------------------------------------
-@pytest.mark.parametrize("sym", [True, False])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
-def test_int8_matches_the_dequantized_codes(sym, dtype, tol):
-    qt = codes(37, 45, 8, None, sym=sym)
+def test_int8_matches_the_dequantized_codes(dtype, tol):
+    qt = codes(37, 45, 8, None, sym=True)      # K = 45: padded to 48 for the CPU kernel
     fmt = Int8(qt, "cpu", dtype)
     x = torch.randn(3, 45)
-    ref = x @ qt.dequantize().t()
-    assert (fmt.correction is None) == sym     # the asymmetric zero needs the Σx correction
-    assert rel(fmt.matmul(x.to(dtype)), ref) < tol
-    # the scales (and the zero's correction), rounded to the activations' dtype
+    assert fmt.k_pad == 3
+    assert rel(fmt.matmul(x.to(dtype)), x @ qt.dequantize().t()) < tol
+    # the scales, rounded to the activations' dtype
     assert rel(fmt.dequantize(), qt.dequantize()) < (1e-6 if dtype == torch.float32 else 2 ** -8)
+    with pytest.raises(ValueError, match="symmetric"):
+        Int8(codes(37, 45, 8, None, sym=False), "cpu", dtype)
 
 
 @pytest.mark.parametrize("ordered", [False, True])
@@ -105,6 +105,9 @@ def test_packed_matches_the_dequantized_codes_in_torch_and_triton(bits, group, m
     for m in (1, 5, 19):                 # one row, and more rows than one 16-row tile
         xm = torch.randn(m, 77)
         assert rel(kernel.matmul(xm), xm @ qt.dequantize().t()) < FP32_TOL
+    for dtype in (torch.float16, torch.bfloat16):
+        half = Packed(qt, "cpu", dtype)
+        assert rel(half.matmul(x.to(dtype)), ref) < BF16_TOL
 
 
 def test_triton_kernel_reads_the_group_of_every_column():
@@ -197,7 +200,8 @@ def test_spec_for_maps_records_to_formats():
     assert spec_for({"compression": q}).key == "int4-w4-g128"
     assert spec_for({**q, "group_size": 16}).key == "packed-w4-g16"
     assert spec_for({**q, "wbits": 3, "quant_granularity": "channel"}).key == "packed-w3-ch"
-    assert spec_for({**q, "wbits": 8, "quant_granularity": "tensor"}).key == "int8"
+    assert spec_for({**q, "wbits": 8, "quant_granularity": "tensor", "sym": True}).key == "int8"
+    assert spec_for({**q, "wbits": 8, "quant_granularity": "channel", "sym": False}).key == "packed-w8-ch"
     assert spec_for({"kind": "unstructured", "comp_rate": 0.5}).key == "sparse-50"
     assert spec_for({"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}).key == "2:4"
     assert spec_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
@@ -230,3 +234,50 @@ def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(
     assert fake == rec["metrics"]["wikitext2"]["ppl"]
     assert abs(kern / fake - 1) < 1e-4, (kern, fake)
     assert k["decode_speedup"] > 0 and k["prefill_speedup"] > 0 and k["dense"]["prefill_tokens"] == 512
+
+
+# ---- the benchmark and the tables' Speedup cells ----------------------------------------------------
+def test_bench_smoke_writes_a_valid_results_file(tmp_path):
+    """The CI-sized profile: every layer case checked against its reference, ceilings measured,
+    the end-to-end entries of the tiny Llama written."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from kernels.bench import run as bench
+    out = tmp_path / "kernels.json"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="kernels_bench", overrides=["profile=smoke", "device=cpu", f"out={out}"])
+    bench(cfg)
+    rep = json.loads(out.read_text())
+    assert rep["device_type"] == "cpu" and rep["torch"] == torch.__version__ and rep["profile"] == "smoke"
+    assert rep["ceilings"]["matmul_flops"]["float32"] > 1e9 and rep["ceilings"]["copy_bytes_per_s"] > 1e9
+    timed = [e for e in rep["layers"] if e["format"] != "dense"]
+    assert {e["format"] for e in timed} == {"int8", "int4-w4-g128", "packed-w3-g128", "sparse-50", "neurons-50",
+                                            "lowrank-50"}
+    assert all("error" not in e and e["ok"] and e["seconds"] > 0 and e["achieved_fraction"] > 0 for e in timed)
+    assert {e["tokens"] for e in rep["layers"]} == {1, 64} and {tuple(e["shape"]) for e in timed} == {
+        (256, 256), (688, 256), (256, 688)}
+    e2e = {e["format"]: e for e in rep["end_to_end"]}
+    assert set(e2e) == {"int8", "int4-w4-g128", "sparse-50"}
+    assert all(e["layers"] == 28 and e["decode_speedup"] > 0 and e["logits_rel_err"] < 2e-2 for e in e2e.values())
+
+
+def test_speedup_cells_are_measured_and_labelled_with_their_device():
+    from tables.speedups import KernelFigures, speedup_of
+    cpu_rep = {"device": "AMD EPYC", "device_type": "cpu", "end_to_end": [
+        {"model": "tiny-llama-wt2", "format": "int4-w4-g128", "dtype": "bfloat16", "decode_speedup": 1.9,
+         "backends": ["torch._weight_int4pack_mm_for_cpu"]}]}
+    figures = KernelFigures([cpu_rep])
+    rec = {"compression": {"kind": "quantized", "wbits": 4, "quant_granularity": "group", "group_size": 128},
+           "config": {"model": {"name": "tiny-llama-wt2"}}, "hardware": {"device": "cpu", "name": "AMD EPYC"}}
+    s = speedup_of(rec, figures)
+    assert s.value == 1.9 and s.device == "AMD EPYC (CPU)" and "int4-w4-g128" in s.basis
+    gpu_rec = {**rec, "hardware": {"device": "cuda:0", "name": "NVIDIA H200"}}
+    assert speedup_of(gpu_rec, figures) is None                     # a CPU figure is never a GPU run's cell
+    assert speedup_of({**rec, "compression": {**rec["compression"], "group_size": 64}}, figures) is None
+    own = {**rec, "speedup": {"value": 1.234, "device": "AMD EPYC"}}
+    assert speedup_of(own, figures).value == 1.23 and "smaller model" in speedup_of(own, figures).basis
+    codebook = {**rec, "compression": {"kind": "quantized", "wbits": 3, "quant_granularity": "codebook-per-row"}}
+    assert speedup_of(codebook, figures) is None                    # no kernel, no cell
