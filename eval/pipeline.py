@@ -93,7 +93,8 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         method.check_model(task.meta_linears(), task.family)
         for m in (method, *getattr(method, "steps", ())):
             if hasattr(m, "keeps_codes"):
-                m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)) or bool(cfg.get("kernels", {}).get("convert"))
+                m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)
+                                     or (cfg.get("kernels") or {}).get("convert"))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     dense_identity = task.dense_identity(device)

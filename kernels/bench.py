@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,13 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
     out = []
     tokens = list(prof.decode_tokens) + list(prof.prefill_tokens)
     dense_dtypes = list(dict.fromkeys([*prof.dense_dtypes, *(format_dtype(k, prof) for k in prof.formats)]))
+    deadline = time.monotonic() + 60 * prof.get("max_layer_minutes", 1e9)
     for set_name, shapes in shape_sets(list(prof.shapes), models).items():
         for n, k in shapes:
+            if time.monotonic() > deadline:   # the end-to-end part still runs; the file says what was cut
+                out.append({"set": set_name, "shape": [n, k], "skipped": "max_layer_minutes reached"})
+                print(f"{set_name} {[n, k]}: skipped (max_layer_minutes)", flush=True)
+                continue
             torch.manual_seed(0)
             W = torch.randn(n, k, device=device) * 0.02
             built: dict[str, Any] = {}
@@ -222,7 +228,8 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
         try:
             for dname in dense_dtypes:
                 dtype = DTYPES[dname]
-                dense[dname] = synthetic_llama(name, device, dtype) if synthetic else load_model(models[name], device, dtype)
+                dense[dname] = (synthetic_llama(name, device, dtype) if synthetic
+                                else load_model(models[name], device, dtype))
         except Exception as err:  # noqa: BLE001
             out.append({"model": name, "error": repr(err)[:300]})
             print(f"{name}: {err!r}", flush=True)

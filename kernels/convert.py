@@ -58,8 +58,9 @@ class KernelSpec:
     def parse(cls, key: str) -> "KernelSpec":
         """The inverse of `key`: int8, int4-w4-g128, packed-w3-ch, sparse-90, 2:4, dense."""
         head, *rest = key.split("-")
-        if key in ("int8", "dense", "2:4"):
-            return {"int8": cls("int8", 8), "dense": cls("dense"), "2:4": cls("sparse", sparsity=0.5, pattern="2:4")}[key]
+        fixed = {"int8": cls("int8", 8), "dense": cls("dense"), "2:4": cls("sparse", sparsity=0.5, pattern="2:4")}
+        if key in fixed:
+            return fixed[key]
         if head in ("int4", "packed") and len(rest) == 2 and rest[0].startswith("w"):
             group = None if rest[1] == "ch" else int(rest[1].lstrip("g"))
             return cls(head, int(rest[0][1:]), group)
@@ -156,19 +157,19 @@ def convert(model: nn.Module, record: dict[str, Any] | KernelSpec, device: torch
               for name, layer in family.linears(block).items()]
     use_24 = spec.pattern == "2:4" and device.type == "cuda" and all(is_24(weight_matrix(m)) for _, m in layers)
     for path, layer in layers:
-        W = weight_matrix(layer)
+        W = weight_matrix(layer).to(device)
         residual = None
         if spec.format == "sparse":
             fmt = Semi24(W, device, dtype, sparse_backend) if use_24 else CSR(W, device)
         else:
             fmt, qt = _quantized(layer, path, spec, device, dtype)
-            base = qt.dequantize().cpu()   # the codes' values: what differs from them was kept aside
-            residual = Residual.of(W.cpu(), base, tol=max(1e-6, 2 * torch.finfo(W.dtype).eps))
+            base = qt.to(device).dequantize()   # the codes' values: what differs from them was kept aside
+            residual = Residual.of(W, base, tol=max(1e-6, 2 * torch.finfo(W.dtype).eps))
             if residual is not None:
                 report.residual_nnz += residual.nnz
-                residual = residual.to(device)
         new = KernelLinear(fmt, layer.bias.to(device) if getattr(layer, "bias", None) is not None else None, residual)
-        err = (new.dequantized_weight() - W.float().cpu()).norm() / W.float().norm().clamp_min(1e-30)
+        computed = fmt.dequantize().to(device) + (residual.csr.to_dense() if residual is not None else 0)
+        err = (computed - W.float()).norm() / W.float().norm().clamp_min(1e-30)
         report.max_weight_rel_err = max(report.max_weight_rel_err, float(err))
         report.layers[path] = fmt.backend
         replace_module(model, path, new)

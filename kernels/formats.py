@@ -146,7 +146,7 @@ class Int4(WeightFormat):
         else:
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
             self.backend = "torch._weight_int4pack_mm_for_cpu"
-        self._codes = codes[:rows, :cols]   # in the kernel's column order, for `dequantize`
+        self._codes = codes[:rows, :cols].to(torch.uint8)   # in the kernel's column order, for `dequantize`
 
     def matmul(self, x):
         if self.perm is not None:
@@ -162,11 +162,11 @@ class Int4(WeightFormat):
         return y[:, :self.out_features].to(dt)
 
     def dequantize(self):
-        sz = self.scales_and_zeros.float().cpu()[:, :self.out_features]
-        idx = torch.arange(self.in_features) // self.group
-        w = (self._codes.float() - 8) * sz[idx, :, 0].t() + sz[idx, :, 1].t()
+        sz = self.scales_and_zeros.float()[:, :self.out_features]
+        idx = torch.arange(self.in_features, device=self.device) // self.group
+        w = (self._codes.to(self.device).float() - 8) * sz[idx, :, 0].t() + sz[idx, :, 1].t()
         if self.perm is not None:
-            w = w[:, torch.argsort(self.perm.cpu())]
+            w = w[:, torch.argsort(self.perm)]
         return w
 
     @property
@@ -184,8 +184,9 @@ class Packed(WeightFormat):
         super().__init__(*qt.shape, device)
         self.bits = qt.bits
         self.words = pack(qt.codes, qt.bits).to(device)
-        self.scale = qt.scale.float().to(device, dtype).contiguous()
-        self.zero = qt.zero.float().to(device, dtype).contiguous()
+        # fp32 statistics: a few bytes per group, and the codes' values exactly
+        self.scale = qt.scale.float().to(device).contiguous()
+        self.zero = qt.zero.float().to(device).contiguous()
         self.g_idx = qt.groups().to(device, torch.int32).contiguous()
         self.backend = "triton (compbench packed_matmul)" if triton_packed.available(device) else "torch-dequant"
 

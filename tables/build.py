@@ -283,7 +283,8 @@ def build_table(spec: TableSpec, records: Iterable[dict], figures: KernelFigures
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
     quant = ["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform" else []
-    extra = ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant, "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
+    extra = ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant,
+             "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
              "flags"]
     if any(r.get("training") for r in mine):
         extra += TRAINING_COLUMNS

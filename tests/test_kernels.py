@@ -281,3 +281,14 @@ def test_speedup_cells_are_measured_and_labelled_with_their_device():
     assert speedup_of(own, figures).value == 1.23 and "smaller model" in speedup_of(own, figures).basis
     codebook = {**rec, "compression": {"kind": "quantized", "wbits": 3, "quant_granularity": "codebook-per-row"}}
     assert speedup_of(codebook, figures) is None                    # no kernel, no cell
+
+
+def test_a_2_4_record_on_a_cpu_shows_the_csr_figure_it_runs_as():
+    from tables.speedups import KernelFigures, speedup_of
+    rep = {"device": "AMD EPYC", "device_type": "cpu", "end_to_end": [
+        {"model": "m", "format": "sparse-50", "dtype": "float32", "decode_speedup": 0.9, "backends": ["csr"]}]}
+    rec = {"compression": {"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}, "config": {"model": {"name": "m"}},
+           "hardware": {"device": "cpu", "name": "AMD EPYC"}}
+    s = speedup_of(rec, KernelFigures([rep]))
+    assert s.value == 0.9 and "2:4 as CSR" in s.basis
+    assert speedup_of({**rec, "hardware": {"device": "cuda", "name": "H200"}}, KernelFigures([rep])) is None

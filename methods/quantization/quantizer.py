@@ -126,7 +126,8 @@ class QuantizedTensor:
         return dequantize(self.codes.float(), self.scale[:, g].float(), self.zero[:, g].float())
 
     def to(self, device: torch.device | str) -> "QuantizedTensor":
-        move = (lambda t: t.to(device) if t is not None else None)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device) if t is not None else None
         return QuantizedTensor(move(self.codes), move(self.scale), move(self.zero), self.group_size, self.bits,
                                move(self.g_idx))
 
@@ -177,7 +178,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"codes out of range for {bits} bits")
     pad = (-flat.numel()) % per
     flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, per)
-    shifts = torch.arange(per, dtype=torch.int64) * bits
+    shifts = torch.arange(per, dtype=torch.int64, device=flat.device) * bits
     words = (flat << shifts).sum(1)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
@@ -185,7 +186,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(words: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
     per = 32 // bits
     w = words.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(per, dtype=torch.int64) * bits
+    shifts = torch.arange(per, dtype=torch.int64, device=w.device) * bits
     flat = ((w[:, None] >> shifts) & (2 ** bits - 1)).flatten()
     n = 1
     for d in shape:
