@@ -237,9 +237,11 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
         first = next(iter(dense.values()))
         batches = e2e_batches(role, first, prof, device, 2048 if synthetic else prof.e2e_prefill_tokens)
         inputs = {k: v.to(device) for k, v in batches[0].items()}
+        e2e_time = prof.get("e2e_min_run_time", prof.min_run_time)
         for dname, model in dense.items():
-            dense_t[dname] = end_to_end.measure(model, batches, role, device)
+            dense_t[dname] = end_to_end.measure(model, batches, role, device, e2e_time)
             print(f"{name} dense {dname}: {dense_t[dname]}", flush=True)
+        entries = []
         for key in keys:
             dname = format_dtype(key, prof)
             entry: dict[str, Any] = {"model": name, "role": role, "dtype": dname, "format": key,
@@ -253,17 +255,23 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
                                sparse_backend=backend)
                 entry.update(conv.to_record(), format=key)
                 entry["logits_rel_err"] = rel_err(_logits(model, inputs), fake)
-                entry["converted"] = conv_t = end_to_end.measure(model, batches, role, device)
-                # the headline ratios are against the fastest dense model on this device, metric by
-                # metric (CPU decode in bf16 is slower than in fp32); the ratios per dtype beside them
-                entry["speedup_vs"] = vs = {d: end_to_end.speedups(t, conv_t) for d, t in dense_t.items()}
-                entry.update({m: min(r[m] for r in vs.values()) for m in vs[dname]},
-                             baseline="fastest dense dtype per metric")
+                entry["converted"] = end_to_end.measure(model, batches, role, device, e2e_time)
                 del model
             except Exception as err:  # noqa: BLE001
                 entry.update(error=repr(err)[:300], trace=traceback.format_exc()[-500:])
+            entries.append(entry)
+        for dname, model in dense.items():   # again: the baseline is the better of the two timings
+            dense_t[dname] = end_to_end.fastest(dense_t[dname], end_to_end.measure(model, batches, role, device,
+                                                                                   e2e_time))
+        for entry in entries:
+            if "converted" in entry:
+                # the headline ratios are against the fastest dense model on this device, metric by
+                # metric (CPU decode in bf16 is slower than in fp32); the ratios per dtype beside them
+                vs = {d: end_to_end.speedups(t, entry["converted"]) for d, t in dense_t.items()}
+                entry.update({m: min(r[m] for r in vs.values()) for m in vs[entry["dtype"]]},
+                             speedup_vs=vs, baseline="fastest dense dtype per metric, best of two timings")
             out.append(entry)
-            print(f"{name} {key} ({dname}): " + (entry.get("error") or ", ".join(
+            print(f"{name} {entry['format']} ({entry['dtype']}): " + (entry.get("error") or ", ".join(
                 f"{k}={entry[k]:.3f}" for k in ("prefill_speedup", "decode_speedup", "forward_speedup",
                                                 "logits_rel_err") if k in entry)), flush=True)
         del dense

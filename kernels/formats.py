@@ -89,6 +89,7 @@ class Int8(WeightFormat):
         if bool((qt.zero != 128).any()):
             raise ValueError("int8 takes symmetric codes (zero point 128); asymmetric 8-bit codes take 'packed'")
         super().__init__(*qt.shape, device)
+        qt = qt.to(device)
         self.k_pad = -qt.shape[1] % 16
         self.q = F.pad(qt.codes.to(torch.int16) - 128, (0, self.k_pad)).to(torch.int8).to(device).contiguous()
         self.scale = qt.scale[:, 0].float().to(device, dtype)
@@ -121,6 +122,7 @@ class Int4(WeightFormat):
         super().__init__(rows, cols, device)
         self.group = g
         self.perm = None
+        qt = qt.to(device)   # pack where the kernel runs: a GPU packs a 7B model's codes in seconds
         codes, scale, zero = qt.codes, qt.scale.float(), qt.zero.float()
         if qt.g_idx is not None:
             order = torch.argsort(qt.g_idx, stable=True)
@@ -141,7 +143,7 @@ class Int4(WeightFormat):
             device, self.dtype)
         if cuda:
             u8 = codes.to(torch.uint8)
-            self.packed = torch._convert_weight_to_int4pack((u8[:, ::2] << 4 | u8[:, 1::2]).contiguous().to(device), 8)
+            self.packed = torch._convert_weight_to_int4pack((u8[:, ::2] << 4 | u8[:, 1::2]).contiguous(), 8)
             self.backend = "torch._weight_int4pack_mm (tinygemm)"
         else:
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
@@ -183,7 +185,8 @@ class Packed(WeightFormat):
         device = torch.device(device)
         super().__init__(*qt.shape, device)
         self.bits = qt.bits
-        self.words = pack(qt.codes, qt.bits).to(device)
+        qt = qt.to(device)
+        self.words = pack(qt.codes, qt.bits)
         # fp32 statistics: a few bytes per group, and the codes' values exactly
         self.scale = qt.scale.float().to(device).contiguous()
         self.zero = qt.zero.float().to(device).contiguous()
