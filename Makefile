@@ -7,12 +7,20 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 SHARED  ?= ../shared
 STAMP   := $(VENV)/.installed
+# Offline by default (the local copies under data/ and models/); HUB=1 goes to the Hugging Face Hub
+# for models and datasets, e.g. `make table3 HUB=1 ARGS="model=llama_7b device=cuda"`.
+HUB ?= 0
+ifeq ($(HUB),1)
+export HF_HUB_OFFLINE := 0
+export HF_DATASETS_OFFLINE := 0
+else
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
+endif
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install data model demo test test-fast table3 table5 table2 table4 table6 table7 table2-high-cost \
-        table3-trained table4-trained table5-trained bench bench-kernels bench-train clean
+        table3-trained table4-trained table5-trained bench bench-kernels bench-train show-env clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -113,6 +121,10 @@ test: model
 
 test-fast: model
 	$(PY) -m pytest -q -m "not slow"
+
+# what every target runs with (HUB=1: online)
+show-env:
+	@echo HF_HUB_OFFLINE=$$HF_HUB_OFFLINE HF_DATASETS_OFFLINE=$$HF_DATASETS_OFFLINE
 
 bench: model
 	$(PY) scripts/bench_speed.py

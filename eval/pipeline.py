@@ -29,6 +29,7 @@ from eval.records import RecordStore, record_id
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
 from methods.core.apply import apply_method
+from methods.core.compose import Compose
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.model_facts import measure
 from methods.training.trainer import TrainConfig, Trainer
@@ -91,7 +92,7 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         if train is not None:
             task.check_training(method)
         method.check_model(task.meta_linears(), task.family)
-        for m in (method, *getattr(method, "steps", ())):
+        for m in (method.steps if isinstance(method, Compose) else [method]):
             if hasattr(m, "keeps_codes"):
                 m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)
                                      or (cfg.get("kernels") or {}).get("convert"))
@@ -213,6 +214,9 @@ def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation,
     except NoKernel as err:
         log.warning("no kernel for this run's format: %s", err)
         return {"format": None, "reason": str(err)}
+    except (RuntimeError, ValueError) as err:   # a kernel this device or build lacks: the scores stand
+        log.warning("kernels.convert failed: %s", err)
+        return {"format": None, "error": repr(err)[:300]}
     out: dict[str, Any] = {**conv.to_record(), "device": provenance.hardware(p.device)["name"],
                            "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch.")}
     if not conv.layers:

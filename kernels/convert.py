@@ -86,6 +86,9 @@ def spec_for(record: dict[str, Any]) -> KernelSpec:
     kind = comp.get("kind")
     if kind == "quantized":
         bits, gran = comp.get("wbits"), comp.get("quant_granularity")
+        if comp.get("abits") and comp["abits"] < 16:
+            raise NoKernel(f"W{bits}A{comp['abits']}: the activations are quantized too, and kernels/ holds "
+                           "weight-only kernels; a weight-only figure would not be this row's speed")
         if gran not in UNIFORM_GRANULARITIES or bits is None or float(bits) != int(bits) or not 2 <= bits <= 8:
             raise NoKernel(f"{bits}-bit codes on a '{gran}' grid: the kernels take uniform 2..8-bit integer "
                            "codes per tensor, channel or group")

@@ -11,8 +11,7 @@ import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from eval.records import RecordStore  # noqa: E402
-from tables.build import TABLES, build_table, unplaced, write  # noqa: E402
+from tables.build import TABLES, build_table, gather, unplaced, write  # noqa: E402
 from tables.speedups import KernelFigures  # noqa: E402
 
 
@@ -22,11 +21,7 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         sys.exit(f"error: unknown table(s) {unknown}; available: {', '.join(TABLES)}")
     results = Path(cfg.paths.results)
-    records = {}
-    for root in [results, *(Path(p) for p in cfg.get("include", []))]:
-        if (root / "runs").is_dir():
-            records.update({r["id"]: r for r in RecordStore(root)})
-    records = list(records.values())
+    records = gather(results, cfg.get("include", []))
     for rid, why in unplaced(records):
         print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
     figures = KernelFigures.from_dir(cfg.kernel_bench)

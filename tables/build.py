@@ -93,6 +93,16 @@ def belongs(spec: TableSpec, record: dict) -> bool:
     return record.get("role") == spec.role and record["compression"].get("kind") in spec.kinds
 
 
+def gather(results: str | Path, include: Iterable[str | Path] = ()) -> list[dict]:
+    """The records under `results`/runs and every included record set, each id once."""
+    from eval.records import RecordStore
+    records: dict[str, dict] = {}
+    for root in [Path(results), *(Path(p) for p in include)]:
+        if (root / "runs").is_dir():
+            records.update({r["id"]: r for r in RecordStore(root)})
+    return list(records.values())
+
+
 def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
     """(record id, why) for every compressed record that no table takes."""
     out = []

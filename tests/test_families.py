@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, OPTConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, BloomConfig, GPT2Config, GPTNeoXConfig, OPTConfig, Qwen2Config
 
 from eval.models import load
 from methods.core import engine
@@ -23,6 +23,7 @@ CONFIGS = {
     "gpt2": GPT2Config(vocab_size=4096, n_embd=64, n_layer=2, n_head=4, n_positions=128),
     "gpt_neox": GPTNeoXConfig(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, max_position_embeddings=128),
+    "bloom": BloomConfig(vocab_size=4096, hidden_size=64, n_layer=2, n_head=4),
     "qwen2": Qwen2Config(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
 }

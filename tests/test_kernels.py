@@ -207,6 +207,9 @@ def test_spec_for_maps_records_to_formats():
     assert spec_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
     with pytest.raises(NoKernel, match="uniform"):
         spec_for({**q, "quant_granularity": "codebook-per-row"})
+    with pytest.raises(NoKernel, match="weight-only"):      # W8A8: a weight-only figure is not its speed
+        spec_for({**q, "wbits": 8, "sym": True, "quant_granularity": "channel", "abits": 8})
+    assert spec_for({**q, "abits": 16}).key == "int4-w4-g128"
 
 
 def test_convert_refuses_a_model_without_codes(tiny):

@@ -74,7 +74,8 @@ class EncoderTask(Task):
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
         c = self.cfg
-        return {"model": c["model"], "task": c["task"], "finetune": c["finetune"], "method": {"name": "dense"},
+        model = {k: v for k, v in c["model"].items() if k != "needs"}   # hardware hints: not the model
+        return {"model": model, "task": c["task"], "finetune": c["finetune"], "method": {"name": "dense"},
                 "device": str(device)}
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:

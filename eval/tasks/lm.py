@@ -58,7 +58,8 @@ class LanguageModelling(Task):
                 for n, m in self.family.linears(block).items()}
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
-        return {"model": {**self.cfg["model"], "seqlen": self.seqlen}, "method": {"name": "dense"},
+        model = {k: v for k, v in self.cfg["model"].items() if k != "needs"}   # hardware hints: not the model
+        return {"model": {**model, "seqlen": self.seqlen}, "method": {"name": "dense"},
                 "eval": self.cfg["eval"], "device": str(device)}
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:

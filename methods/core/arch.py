@@ -60,6 +60,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("deberta_v2", ("deberta-v2",), "deberta.encoder.layer|encoder.layer",
            (("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
             ("attention.output.dense",), ("intermediate.dense",), ("output.dense",))),
+    # BLOOM: ALiBi position biases reach each block as an argument, which the engine's captured
+    # block inputs carry like any other
+    Family("bloom", ("bloom",), "transformer.h",
+           (("self_attention.query_key_value",), ("self_attention.dense",), ("mlp.dense_h_to_4h",),
+            ("mlp.dense_4h_to_h",)),
+           (("input_layernorm", ("self_attention.query_key_value",)),
+            ("post_attention_layernorm", ("mlp.dense_h_to_4h",)))),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
            (("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
             ("mlp.dense_4h_to_h",)),

@@ -49,7 +49,9 @@ class SmoothQuant(QuantMethod):
                     absmax[n] = absmax[n] / s
         for name, layer in linears.items():
             W = weight_matrix(layer)
-            W.copy_(quantize_weight(W, self.spec).dequantize().to(W.dtype))
+            qt = quantize_weight(W, self.spec)
+            W.copy_(qt.dequantize().to(W.dtype))
+            self.store_codes(layer, qt)
             self.account(block_index, name, rows=W.shape[0], cols=W.shape[1])
             attach_act_quant(layer, self.abits, self.act_mode, float(absmax[name].max()))
 

@@ -24,7 +24,9 @@ class ZeroQuant(QuantMethod):
 
     def compress(self, block_index: int, name: str, layer: nn.Module, stats=None) -> None:
         W = weight_matrix(layer)
-        W.copy_(quantize_weight(W, self.spec).dequantize().to(W.dtype))
+        qt = quantize_weight(W, self.spec)
+        W.copy_(qt.dequantize().to(W.dtype))
+        self.store_codes(layer, qt)
         self.account(block_index, name, *W.shape, stat_bits=16)  # symmetric: a scale, no zero point
         if self.abits < 16:
             attach_act_quant(layer, self.abits, "per_token")
