@@ -119,7 +119,8 @@ def _draw(spec: TableSpec, df: pd.DataFrame, x_col: str, x_label: str, out: Path
     out.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         path = out.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=130)
+        # no creation date in the file: a figure regenerated from the same records is the same file
+        fig.savefig(path, dpi=130, metadata={"CreationDate": None} if fmt == "pdf" else None)
         result.paths.append(path)
     plt.close(fig)
     return result
