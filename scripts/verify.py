@@ -1,7 +1,7 @@
 """Check a claimed number: one survey row, every row, or a claim of your own (tables/verify.py).
 
     python scripts/verify.py table=5 row=OPTQ             # the row's spec, its record (reused or run), a verdict
-    python scripts/verify.py table=all dry_run=true       # all 74 rows: spec, status, what a run would take
+    python scripts/verify.py table=all --dry-run          # all 74 rows: spec, status, what a run would take
     python scripts/verify.py claim="model=opt_125m method=gptq method.wbits=4 ppl=31.12"
 """
 from __future__ import annotations
@@ -61,4 +61,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [("dry_run=true" if a == "--dry-run" else a) for a in sys.argv]   # the flag spelling works too
     main()

@@ -66,3 +66,18 @@ def test_a_claim_is_reproduced_or_not_on_the_tiny_model(tmp_path):
     assert planned.status == "planned" and not planned.records
     with pytest.raises(ValueError, match="names no figure"):
         Checker(tmp_path, extra=extra).check_claim(run)
+
+
+def test_a_published_record_is_reproduced_and_a_wrong_claim_is_not(tmp_path):
+    """The published GPTQ 3-bit run of the tiny Llama (results/tiny-llama-wt2) is found by the
+    identity of its config, never rerun: its perplexity passes, a claim 8% below it fails."""
+    checker = Checker(tmp_path, include=[ROOT / "results" / "tiny-llama-wt2"],
+                      extra=[f"paths.data_root={DATA_ROOT}", "progress=false"], dry_run=True)
+    ok = checker.check_claim("model=tiny_llama method=gptq ppl=152.3")
+    assert ok.status == "reproduced" and ok.records == ["4328272b728819c4"]
+    assert ok.reproduced["wikitext2"] == pytest.approx(152.2229, abs=1e-3)
+    bad = checker.check_claim("model=tiny_llama method=gptq ppl=140.0")
+    assert bad.status == "not reproduced" and bad.delta["wikitext2"] == pytest.approx(12.22, abs=0.01)
+    strict = checker.check_claim("model=tiny_llama method=gptq ppl=152.3", tolerance={"abs": 0.01})
+    assert strict.status == "not reproduced"
+    assert not (tmp_path / "runs").exists()                 # nothing was run
