@@ -15,21 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tables.build import TABLES, build_table, gather  # noqa: E402
+from tables.build import TABLES, built_tables  # noqa: E402
 from tables.plots import plot_table  # noqa: E402
-from tables.speedups import KernelFigures  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="plots", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    unknown = [t for t in cfg.tables if t not in TABLES]
-    if unknown:
-        sys.exit(f"error: unknown table(s) {unknown}; available: {', '.join(TABLES)}")
     results = Path(cfg.paths.results)
-    records = gather(results, cfg.get("include", []))
-    figures = KernelFigures.from_dir(cfg.kernel_bench)
-    for key in cfg.tables:
-        df = build_table(TABLES[key], records, figures)
+    try:
+        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.kernel_bench)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    for key, df in tables.items():
         for fig in plot_table(TABLES[key], df, results / "plots", list(cfg.formats)):
             print(f"{key}: {', '.join(str(p) for p in fig.paths)}  ({sum(map(len, fig.panels.values()))} lines "
                   f"in {len(fig.panels)} panels)")

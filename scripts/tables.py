@@ -11,22 +11,17 @@ import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tables.build import TABLES, build_table, gather, unplaced, write  # noqa: E402
-from tables.speedups import KernelFigures  # noqa: E402
+from tables.build import TABLES, built_tables, write  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="tables", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    unknown = [t for t in cfg.tables if t not in TABLES]
-    if unknown:
-        sys.exit(f"error: unknown table(s) {unknown}; available: {', '.join(TABLES)}")
     results = Path(cfg.paths.results)
-    records = gather(results, cfg.get("include", []))
-    for rid, why in unplaced(records):
-        print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
-    figures = KernelFigures.from_dir(cfg.kernel_bench)
-    for key in cfg.tables:
-        df = build_table(TABLES[key], records, figures)
+    try:
+        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.kernel_bench, warn=True)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    for key, df in tables.items():
         csv, tex = write(TABLES[key], df, results / "tables")
         n = int((df["source"] == "reproduced").sum())
         print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")

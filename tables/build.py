@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -101,6 +102,22 @@ def gather(results: str | Path, include: Iterable[str | Path] = ()) -> list[dict
         if (root / "runs").is_dir():
             records.update({r["id"]: r for r in RecordStore(root)})
     return list(records.values())
+
+
+def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str | Path] = (),
+                 kernel_bench: str | Path | None = None, warn: bool = False) -> dict[str, pd.DataFrame]:
+    """The tables `keys` (checked) from the records under `results` and the included sets, with
+    the Speedup cells of the kernel benchmark files in `kernel_bench`."""
+    keys = list(keys)
+    unknown = [t for t in keys if t not in TABLES]
+    if unknown:
+        raise ValueError(f"unknown table(s) {unknown}; available: {', '.join(TABLES)}")
+    records = gather(results, include)
+    if warn:
+        for rid, why in unplaced(records):
+            print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
+    figures = KernelFigures.from_dir(kernel_bench) if kernel_bench else None
+    return {key: build_table(TABLES[key], records, figures) for key in keys}
 
 
 def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
