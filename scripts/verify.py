@@ -50,6 +50,8 @@ def main(cfg: DictConfig) -> None:
     for v in verdicts:
         print(v.line())
         if cfg.dry_run or v.status == "cannot run here":
+            if v.protocol:
+                print("    protocol:", v.protocol, f"(tolerance {next(iter(v.tolerance.values()), {})})")
             for runs in v.runs:
                 print("    run:", " ".join(runs))
             if v.estimate:

@@ -30,6 +30,8 @@ class RowSpec:
     tasks: tuple[str, ...]            # lm (WikiText-2 perplexity) or mnli / qqp / squad
     rate: dict[str, Any]              # how the survey's rate is counted (see `rate_value`)
     tolerance: dict[str, float]       # {"rel": r} on perplexity or {"abs": a} on %p
+    protocol: str                     # what the figure is measured on
+    delta: str                        # how Δ is computed
     overrides: dict[str, Any] = field(default_factory=dict)
     status: str = "runnable"
     why: str = ""

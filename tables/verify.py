@@ -36,6 +36,7 @@ class Verdict:
     why: str = ""
     runs: list[list[str]] = field(default_factory=list)
     estimate: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""
 
     @property
     def delta(self) -> dict[str, float]:
@@ -133,9 +134,9 @@ class Checker:
         subject = f"{spec.table} {spec.id}"
         if spec.status != "runnable":
             return Verdict(subject, "cannot run here", claims, tolerance=tol, why=spec.why,
-                           runs=[o for _, o in runs], estimate=estimate(spec))
+                           runs=[o for _, o in runs], estimate=estimate(spec), protocol=spec.protocol)
         v = self.check(subject, runs, claims, tol)
-        v.estimate = estimate(spec)
+        v.estimate, v.protocol = estimate(spec), spec.protocol
         return v
 
     def check_claim(self, claim: str, tolerance: dict[str, float] | None = None) -> Verdict:
