@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels.convert import KernelSpec
-from kernels.formats import CSR, Dense, Int4, Int8, Packed, Semi24
+from kernels.formats import CSR, W8A8, Dense, Int4, Int8, Packed, Semi24
+from methods.quantization.act_quant import ActQuantSpec
 from methods.quantization.quantizer import QuantSpec, quantize_weight
 
 
@@ -23,12 +24,14 @@ class Case:
     flops_per_token: float      # multiply-adds × 2 that the format actually computes
     ideal: dict[str, float]     # the best speedup over dense its bound allows: {'bandwidth', 'flops'}
     backend: str
+    expected: Callable[[torch.Tensor], torch.Tensor] | None = None   # the output to match, where the
+    # format also quantizes its input (w8a8): the fake-quantized activations through `reference`
 
 
 def quant_spec(spec: KernelSpec) -> QuantSpec:
     """Round-to-nearest codes of the format: symmetric for int8 (its kernel has no zero point)."""
-    return QuantSpec(bits=spec.bits, sym=spec.format == "int8", granularity="group" if spec.group else "channel",
-                     group_size=spec.group or 128)
+    return QuantSpec(bits=spec.bits, sym=spec.format in ("int8", "w8a8"),
+                     granularity="group" if spec.group else "channel", group_size=spec.group or 128)
 
 
 def prune_magnitude(W: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -70,6 +73,14 @@ def build(key: str, W: torch.Tensor, dtype: torch.dtype) -> Case:
         return Case(fmt.matmul, pruned, fmt.weight_bytes, n * k, {"bandwidth": dense_bytes / fmt.weight_bytes,
                                                                   "flops": 2.0}, fmt.backend)
     spec = KernelSpec.parse(key)
+    if spec.format == "w8a8":
+        act = ActQuantSpec(8, "per_token")
+        qt = quantize_weight(W, quant_spec(spec))
+        fmt = W8A8(qt, act, dev)
+        ref = qt.dequantize()
+        return Case(fmt.matmul, ref, fmt.weight_bytes, 2 * n * k, {"bandwidth": dense_bytes / fmt.weight_bytes,
+                                                                  "flops": 1.0}, fmt.backend,
+                    expected=lambda x: act.fake(x.float()) @ ref.t())
     if spec.format == "sparse":
         pruned = prune_magnitude(W, spec.sparsity)
         fmt = CSR(pruned, dev)

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.formats import CSR, INT4_GROUPS, Int4, Int8, Packed, Residual, Semi24, WeightFormat, is_24
+from kernels.formats import CSR, INT4_GROUPS, W8A8, Int4, Int8, Packed, Residual, Semi24, WeightFormat, is_24
 from kernels.linear import KernelLinear
 from methods.core.arch import family_of, replace_module, weight_matrix
+from methods.quantization.act_quant import ACT_ATTR
 from methods.quantization.quantizer import QuantizedTensor, kept_codes
 
 UNIFORM_GRANULARITIES = ("tensor", "channel", "group")
@@ -36,7 +37,7 @@ class NoKernel(ValueError):
 class KernelSpec:
     """The storage format a record's compression produced."""
 
-    format: str                  # int8 | int4 | packed | sparse | dense
+    format: str                  # int8 | w8a8 | int4 | packed | sparse | dense
     bits: int | None = None
     group: int | None = None     # None: one group per row
     sparsity: float | None = None
@@ -45,8 +46,8 @@ class KernelSpec:
     @property
     def key(self) -> str:
         """What the benchmark file's end-to-end entries are keyed by."""
-        if self.format == "int8":
-            return "int8"
+        if self.format in ("int8", "w8a8"):
+            return self.format
         if self.format in ("int4", "packed"):
             return f"{self.format}-w{self.bits}-" + (f"g{self.group}" if self.group else "ch")
         if self.format == "sparse":
@@ -58,7 +59,8 @@ class KernelSpec:
     def parse(cls, key: str) -> "KernelSpec":
         """The inverse of `key`: int8, int4-w4-g128, packed-w3-ch, sparse-90, 2:4, dense."""
         head, *rest = key.split("-")
-        fixed = {"int8": cls("int8", 8), "dense": cls("dense"), "2:4": cls("sparse", sparsity=0.5, pattern="2:4")}
+        fixed = {"int8": cls("int8", 8), "w8a8": cls("w8a8", 8), "dense": cls("dense"),
+                 "2:4": cls("sparse", sparsity=0.5, pattern="2:4")}
         if key in fixed:
             return fixed[key]
         if head in ("int4", "packed") and len(rest) == 2 and rest[0].startswith("w"):
@@ -71,9 +73,10 @@ class KernelSpec:
 
     def compression(self) -> dict[str, Any]:
         """A record's `compression` entry that `spec_for` maps back to this format."""
-        if self.format in ("int8", "int4", "packed"):
-            return {"kind": "quantized", "wbits": self.bits, "group_size": self.group, "sym": self.format == "int8",
-                    "quant_granularity": "group" if self.group else "channel"}
+        if self.format in ("int8", "int4", "packed", "w8a8"):
+            return {"kind": "quantized", "wbits": self.bits, "group_size": self.group,
+                    "sym": self.format in ("int8", "w8a8"), "quant_granularity": "group" if self.group else "channel",
+                    **({"abits": 8} if self.format == "w8a8" else {})}
         if self.format == "sparse":
             return {"kind": "n:m" if self.pattern == "2:4" else "unstructured", "comp_rate": self.sparsity,
                     "pattern": self.pattern}
@@ -87,8 +90,11 @@ def spec_for(record: dict[str, Any]) -> KernelSpec:
     if kind == "quantized":
         bits, gran = comp.get("wbits"), comp.get("quant_granularity")
         if comp.get("abits") and comp["abits"] < 16:
-            raise NoKernel(f"W{bits}A{comp['abits']}: the activations are quantized too, and kernels/ holds "
-                           "weight-only kernels; a weight-only figure would not be this row's speed")
+            if comp["abits"] == 8 and bits == 8 and comp.get("sym") and gran in ("tensor", "channel"):
+                return KernelSpec("w8a8", 8)
+            raise NoKernel(f"W{bits}A{comp['abits']}: the activations are quantized too, and kernels/ runs "
+                           "them only as W8A8 with one weight scale per row; a weight-only figure would not be "
+                           "this row's speed")
         if gran not in UNIFORM_GRANULARITIES or bits is None or float(bits) != int(bits) or not 2 <= bits <= 8:
             raise NoKernel(f"{bits}-bit codes on a '{gran}' grid: the kernels take uniform 2..8-bit integer "
                            "codes per tensor, channel or group")
@@ -130,6 +136,11 @@ def _quantized(layer: nn.Module, name: str, spec: KernelSpec, device: torch.devi
                          "that compressed the model; convert right after compressing (engine.keep_codes=true)")
     if qt.bits != spec.bits:
         raise ValueError(f"{name} holds {qt.bits}-bit codes, the record says {spec.bits}")
+    if spec.format == "w8a8":
+        act = getattr(layer, ACT_ATTR, None)
+        if act is None:
+            raise ValueError(f"{name} quantizes no activations: the record says W8A8")
+        return W8A8(qt, act, device), qt
     if spec.format == "int8" and qt.scale.shape[1] == 1 and bool((qt.zero == 128).all()):
         return Int8(qt, device, dtype), qt
     if spec.format == "int4" and qt.group_size in INT4_GROUPS:

@@ -58,6 +58,7 @@ def compress_for(model: torch.nn.Module, key: str) -> None:
     from kernels import cases
     from kernels.convert import KernelSpec
     from methods.core.arch import family_of, weight_matrix
+    from methods.quantization.act_quant import attach_act_quant
     from methods.quantization.quantizer import keep_codes, quantize_weight
 
     spec = KernelSpec.parse(key.replace("-cusparselt", ""))
@@ -65,10 +66,12 @@ def compress_for(model: torch.nn.Module, key: str) -> None:
     for block in family.blocks(model):
         for layer in family.linears(block).values():
             W = weight_matrix(layer)
-            if spec.format in ("int8", "int4", "packed"):
+            if spec.format in ("int8", "int4", "packed", "w8a8"):
                 qt = quantize_weight(W, cases.quant_spec(spec))
                 W.copy_(qt.dequantize().to(W.dtype))
                 keep_codes(layer, qt)
+                if spec.format == "w8a8":   # SmoothQuant's and ZeroQuant's dynamic per-token activations
+                    attach_act_quant(layer, 8, "per_token")
             elif spec.pattern == "2:4":
                 W.copy_(cases.prune_24(W.float()).to(W.dtype))
             elif spec.format == "sparse":

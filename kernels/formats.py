@@ -2,6 +2,8 @@
 computes y = x · Wᵀ (x of shape (tokens, in)) with a real kernel on the device it was built for.
 
     int8        symmetric per-channel codes   torch._weight_int8pack_mm (CPU, CUDA)
+    w8a8        int8 weights and activations  torch._int_mm (CPU, CUDA): the activations quantized
+                (SmoothQuant, Q8BERT, W8A8)   on the fly as the layer's quantizer does
     int4        4-bit codes, groups 32..256   torch._weight_int4pack_mm (CUDA, tinygemm) and
                                               torch._weight_int4pack_mm_for_cpu
     packed      2..8-bit codes in `pack`'s    the project's Triton kernel (CUDA, or the CPU under
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import triton_packed
+from methods.quantization.act_quant import ActQuantSpec
 from methods.quantization.quantizer import QuantizedTensor, pack, unpack
 
 INT4_GROUPS = (32, 64, 128, 256)   # what tinygemm's int4 kernels take
@@ -103,6 +106,48 @@ class Int8(WeightFormat):
     @property
     def weight_bytes(self):
         return self.out_features * self.in_features + self.scale.numel() * self.scale.element_size()
+
+
+class W8A8(WeightFormat):
+    """Symmetric 8-bit weights (one scale per row) and 8-bit activations quantized on the fly as
+    the layer's activation quantizer does (per token, or static per tensor): y = s_x · s_w ·
+    (q_x · q_wᵀ), the integer product accumulated exactly in int32 by torch._int_mm. On CUDA
+    the kernel wants more than 16 rows and K, N multiples of 8: the input is padded to that."""
+
+    name, backend = "w8a8", "torch._int_mm (int8 x int8 -> int32)"
+
+    def __init__(self, qt: QuantizedTensor, act: ActQuantSpec, device: torch.device):
+        if qt.bits != 8 or not _single_group(qt) or bool((qt.zero != 128).any()):
+            raise ValueError("w8a8 takes symmetric 8-bit weight codes with one scale per row")
+        if act.bits != 8:
+            raise ValueError(f"w8a8 takes 8-bit activations, the layer quantizes them to {act.bits} bits")
+        device = torch.device(device)
+        super().__init__(*qt.shape, device)
+        qt = qt.to(device)
+        cuda = device.type == "cuda"
+        self.k_pad = -qt.shape[1] % 8 if cuda else 0
+        self.n_pad = -qt.shape[0] % 8 if cuda else 0
+        q = F.pad(qt.codes.to(torch.int16) - 128, (0, self.k_pad, 0, self.n_pad)).to(torch.int8)
+        self.q_t = q.t().contiguous()                      # (K, N): _int_mm's second operand
+        self.scale = qt.scale[:, 0].float()
+        self.act = act
+
+    def matmul(self, x):
+        q, sx = self.act.codes(x.float())
+        m = q.shape[0]
+        pad_m = max(0, 17 - m) + (-max(m, 17) % 8) if self.device.type == "cuda" else 0
+        if pad_m or self.k_pad:
+            q = F.pad(q, (0, self.k_pad, 0, pad_m))
+        acc = torch._int_mm(q.to(torch.int8), self.q_t)[:m, :self.out_features]
+        sx = sx if isinstance(sx, float) else sx[:m]
+        return (acc.float() * sx * self.scale).to(x.dtype)
+
+    def dequantize(self):
+        return self.q_t.t()[:self.out_features, :self.in_features].float() * self.scale[:, None]
+
+    @property
+    def weight_bytes(self):
+        return self.out_features * self.in_features + 4 * self.scale.numel()
 
 
 class Int4(WeightFormat):

@@ -66,6 +66,28 @@ def test_int8_matches_the_dequantized_codes(dtype, tol):
         Int8(codes(37, 45, 8, None, sym=False), "cpu", dtype)
 
 
+@pytest.mark.parametrize("mode", ["per_token", "per_tensor"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
+def test_w8a8_matches_the_fake_quantized_activations_through_the_codes(mode, dtype, tol):
+    """The int8 x int8 product, rescaled, equals what the layer's activation quantizer feeds
+    the fake-quantized weight; without the activation quantization it would be ~1% off."""
+    from kernels.formats import W8A8
+    from methods.quantization.act_quant import ActQuantSpec
+    qt = codes(37, 45, 8, None, sym=True)
+    x = torch.randn(5, 45) * 3
+    act = ActQuantSpec(8, mode, float(x.abs().max()) if mode == "per_tensor" else None)
+    fmt = W8A8(qt, act, "cpu")
+    want = act.fake(x) @ qt.dequantize().t()
+    y = fmt.matmul(x.to(dtype))
+    assert y.dtype == dtype and rel(y, want if dtype == torch.float32 else act.fake(x.to(dtype).float())
+                                    @ qt.dequantize().t()) < tol
+    assert rel(fmt.matmul(x), x @ qt.dequantize().t()) > 1e-3          # the activations really are quantized
+    with pytest.raises(ValueError, match="symmetric"):
+        W8A8(codes(37, 45, 8, None, sym=False), act, "cpu")
+    with pytest.raises(ValueError, match="8-bit activations"):
+        W8A8(qt, ActQuantSpec(6, "per_token"), "cpu")
+
+
 @pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
 def test_int4_cpu_kernel_matches_the_dequantized_codes(ordered, dtype, tol):
@@ -207,8 +229,12 @@ def test_spec_for_maps_records_to_formats():
     assert spec_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
     with pytest.raises(NoKernel, match="uniform"):
         spec_for({**q, "quant_granularity": "codebook-per-row"})
-    with pytest.raises(NoKernel, match="weight-only"):      # W8A8: a weight-only figure is not its speed
-        spec_for({**q, "wbits": 8, "sym": True, "quant_granularity": "channel", "abits": 8})
+    w8a8 = {**q, "wbits": 8, "sym": True, "quant_granularity": "channel", "abits": 8}
+    assert spec_for(w8a8).key == "w8a8"                      # int8 x int8, not a weight-only figure
+    with pytest.raises(NoKernel, match="weight-only"):       # W3A8, W6A6: no kernel runs them
+        spec_for({**w8a8, "wbits": 3})
+    with pytest.raises(NoKernel, match="one weight scale per row"):
+        spec_for({**w8a8, "quant_granularity": "group", "group_size": 64})
     assert spec_for({**q, "abits": 16}).key == "int4-w4-g128"
 
 
@@ -257,8 +283,8 @@ def test_bench_smoke_writes_a_valid_results_file(tmp_path):
     assert rep["device_type"] == "cpu" and rep["torch"] == torch.__version__ and rep["profile"] == "smoke"
     assert rep["ceilings"]["matmul_flops"]["float32"] > 1e9 and rep["ceilings"]["copy_bytes_per_s"] > 1e9
     timed = [e for e in rep["layers"] if e["format"] != "dense"]
-    assert {e["format"] for e in timed} == {"int8", "int4-w4-g128", "packed-w3-g128", "sparse-50", "neurons-50",
-                                            "lowrank-50"}
+    assert {e["format"] for e in timed} == {"int8", "w8a8", "int4-w4-g128", "packed-w3-g128", "sparse-50",
+                                            "neurons-50", "lowrank-50"}
     assert all("error" not in e and e["ok"] and e["seconds"] > 0 and e["achieved_fraction"] > 0 for e in timed)
     assert {e["tokens"] for e in rep["layers"]} == {1, 64} and {tuple(e["shape"]) for e in timed} == {
         (256, 256), (688, 256), (256, 688)}
@@ -295,3 +321,15 @@ def test_a_2_4_record_on_a_cpu_shows_the_csr_figure_it_runs_as():
     s = speedup_of(rec, KernelFigures([rep]))
     assert s.value == 0.9 and "2:4 as CSR" in s.basis
     assert speedup_of({**rec, "hardware": {"device": "cuda", "name": "H200"}}, KernelFigures([rep])) is None
+
+
+@pytest.mark.slow
+def test_convert_smoothquant_w8a8_runs_the_int8_product_and_scores_alike(tmp_path):
+    from conftest import base_config
+    from eval.pipeline import run
+    rec = run(base_config(tmp_path, method="smoothquant", **{"kernels.convert": "true", "eval.max_windows": 4,
+                                                              "calib.nsamples": 16}))
+    k = rec["kernels"]
+    assert k["format"] == "w8a8" and k["backends"] == ["torch._int_mm (int8 x int8 -> int32)"] and k["layers"] == 28
+    fake, kern = k["score_fake_quant"]["wikitext2"], k["score"]["wikitext2"]
+    assert abs(kern / fake - 1) < 1e-4, (kern, fake)

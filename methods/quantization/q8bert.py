@@ -11,6 +11,7 @@ from methods.core.base import TableRow, register
 from methods.core.stats import ACT_ABSMAX
 from methods.quantization.act_quant import attach_act_quant
 from methods.quantization.base import QuantMethod
+from methods.quantization.quantizer import QuantizedTensor
 from methods.quantization.codebooks import FP32_BITS
 
 
@@ -33,7 +34,11 @@ class Q8BERT(QuantMethod):
         W = weight_matrix(layer)
         qmax = 2 ** (self.spec.bits - 1) - 1
         scale = W.abs().max().clamp(min=1e-8) / qmax
-        W.copy_((torch.clamp(torch.round(W / scale), -qmax, qmax) * scale).to(W.dtype))
+        q = torch.clamp(torch.round(W / scale), -qmax, qmax)
+        W.copy_((q * scale).to(W.dtype))
+        rows, zero = W.shape[0], qmax + 1   # one symmetric scale for the matrix: codes q + 2^(b-1)
+        self.store_codes(layer, QuantizedTensor((q + zero).to(torch.uint8), scale.reshape(1, 1).expand(rows, 1).float(),
+                                                torch.full((rows, 1), float(zero)), W.shape[1], self.spec.bits))
         self.account(block_index, name, *W.shape, n_groups=0, extra_bits=FP32_BITS)
         attach_act_quant(layer, self.abits, "per_tensor", float(stats.act_absmax.max()))
 
