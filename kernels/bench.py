@@ -130,8 +130,9 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
                         want = case.expected(x) if case.expected else x.float() @ case.reference.t()
                         err = rel_err(case.fn(x), want)
                         t = seconds(lambda: case.fn(x), prof.min_run_time)
+                        peak = ceilings["matmul_flops"][case.peak or dname]
                         achieved = (case.weight_bytes / t / ceilings["copy_bytes_per_s"] if bound == "bandwidth"
-                                    else case.flops_per_token * m / t / ceilings["matmul_flops"][dname])
+                                    else case.flops_per_token * m / t / peak)
                         entry.update(backend=case.backend, seconds=t, speedup=dense_s[dname] / t,
                                      speedup_vs={d: s / t for d, s in dense_s.items()},
                                      ideal_speedup=case.ideal[bound], achieved_fraction=achieved,
@@ -300,7 +301,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {**environment(device), "profile": name, "settings": OmegaConf.to_container(prof)}
     dtypes = sorted({*prof.dense_dtypes, prof.act_dtype, "float32"})
-    report["ceilings"] = {"matmul_flops": {d: matmul_peak(str(device), DTYPES[d]) for d in dtypes},
+    report["ceilings"] = {"matmul_flops": {**{d: matmul_peak(str(device), DTYPES[d]) for d in dtypes},
+                                           "int8": matmul_peak(str(device), torch.int8)},
                           "copy_bytes_per_s": copy_bandwidth(str(device))}
     print(f"{report['device']}: peak " + ", ".join(f"{d} {v / 1e12:.2f} TFLOP/s" for d, v in
                                                   report["ceilings"]["matmul_flops"].items())

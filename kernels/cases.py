@@ -26,6 +26,7 @@ class Case:
     backend: str
     expected: Callable[[torch.Tensor], torch.Tensor] | None = None   # the output to match, where the
     # format also quantizes its input (w8a8): the fake-quantized activations through `reference`
+    peak: str | None = None     # the matmul peak it is held to, where not its activations' (int8)
 
 
 def quant_spec(spec: KernelSpec) -> QuantSpec:
@@ -80,7 +81,7 @@ def build(key: str, W: torch.Tensor, dtype: torch.dtype) -> Case:
         ref = qt.dequantize()
         return Case(fmt.matmul, ref, fmt.weight_bytes, 2 * n * k, {"bandwidth": dense_bytes / fmt.weight_bytes,
                                                                   "flops": 1.0}, fmt.backend,
-                    expected=lambda x: act.fake(x.float()) @ ref.t())
+                    expected=lambda x: act.fake(x).float() @ ref.t(), peak="int8")
     if spec.format == "sparse":
         pruned = prune_magnitude(W, spec.sparsity)
         fmt = CSR(pruned, dev)

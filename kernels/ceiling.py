@@ -13,9 +13,14 @@ from kernels.timing import seconds
 @functools.lru_cache(maxsize=None)
 def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
     """FLOP/s of one square matmul (2·n³ FLOPs) on `device`: n = 2048 on a CPU (past the
-    cache-bound sizes), 8192 on a GPU; the median of torch.utils.benchmark's blocked autorange."""
+    cache-bound sizes), 8192 on a GPU; the median of torch.utils.benchmark's blocked autorange.
+    int8: the int8 x int8 -> int32 product (torch._int_mm)."""
     dev = torch.device(device)
     n = size or (8192 if dev.type == "cuda" else 2048)
+    if dtype == torch.int8:   # int8 x int8 -> int32, the W8A8 kernels' peak
+        a = torch.randint(-128, 128, (n, n), device=dev, dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, n), device=dev, dtype=torch.int8)
+        return 2 * n ** 3 / seconds(lambda: torch._int_mm(a, b))
     a = torch.randn(n, n, device=dev).to(dtype)
     b = torch.randn(n, n, device=dev).to(dtype)
     return 2 * n ** 3 / seconds(lambda: a @ b)

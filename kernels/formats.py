@@ -133,13 +133,13 @@ class W8A8(WeightFormat):
         self.act = act
 
     def matmul(self, x):
-        q, sx = self.act.codes(x.float())
+        q, sx = self.act.codes(x)   # in x's dtype, as the activation quantizer's hook computes them
         m = q.shape[0]
         pad_m = max(0, 17 - m) + (-max(m, 17) % 8) if self.device.type == "cuda" else 0
         if pad_m or self.k_pad:
             q = F.pad(q, (0, self.k_pad, 0, pad_m))
         acc = torch._int_mm(q.to(torch.int8), self.q_t)[:m, :self.out_features]
-        sx = sx if isinstance(sx, float) else sx[:m]
+        sx = sx if isinstance(sx, float) else sx[:m].float()
         return (acc.float() * sx * self.scale).to(x.dtype)
 
     def dequantize(self):
