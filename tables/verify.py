@@ -88,18 +88,19 @@ class Checker:
         self.stores = [RecordStore(p) for p in [self.results, *include] if (Path(p) / "runs").is_dir()]
 
     def record(self, overrides: list[str]) -> tuple[dict | None, str]:
-        """(the record of this run, or None where it cannot run here / is only planned; why)."""
+        """(the record of this run, or None with the reason: the run cannot start here, or it is
+        only planned (a dry run), in which case the reason is empty)."""
         from eval.pipeline import ConfigError, plan, run
         cfg = compose([*overrides, *self.extra], self.results)
         try:
             rid = plan(cfg).rid
         except (ConfigError, OSError, ValueError) as err:
-            return None, f"cannot run here: {err}"
+            return None, str(err)
         for store in self.stores:
             if store.exists(rid):
                 return store.load(rid), ""
         if self.dry_run:
-            return None, "planned"
+            return None, ""
         return run(cfg), ""
 
     def check(self, subject: str, runs: list[tuple[str, list[str]]], claims: dict[str, float],
@@ -109,8 +110,8 @@ class Checker:
         for key, overrides in runs:
             rec, why = self.record(overrides)
             if rec is None:
-                v.status, v.why = ("planned", "") if why == "planned" else ("cannot run here", why[17:])
-                if v.status != "planned":
+                if why:
+                    v.status, v.why = "cannot run here", why
                     return v
                 continue
             v.records.append(rec["id"])
