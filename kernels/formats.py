@@ -36,6 +36,14 @@ INT4_GROUPS = (32, 64, 128, 256)   # what tinygemm's int4 kernels take
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
+def on_device(device: torch.device | str) -> torch.device:
+    """The device with its index ("cuda" -> "cuda:0"), so it compares equal to a tensor's device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class WeightFormat:
     """One linear's weight in a kernel's layout."""
 
@@ -43,7 +51,7 @@ class WeightFormat:
     backend = "F.linear"
 
     def __init__(self, out_features: int, in_features: int, device: torch.device):
-        self.out_features, self.in_features, self.device = out_features, in_features, torch.device(device)
+        self.out_features, self.in_features, self.device = out_features, in_features, on_device(device)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:  # (tokens, in) -> (tokens, out)
         raise NotImplementedError
