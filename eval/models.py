@@ -2,6 +2,7 @@
 compressed ones so that they reload with their new shapes."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,14 @@ def model_family(path: str, trust_remote_code: bool = False) -> tuple[str, Famil
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            hint = "Give a local path with model.path=... or go online (unset HF_HUB_OFFLINE)."
+        else:
+            hint = ("Check the hub id (org/name, and model.revision), your network and your access to it, "
+                    "or give a local path with model.path=...")
         raise FileNotFoundError(
             f"model '{path}' is neither a local folder nor reachable on the Hub ({err.__class__.__name__}). "
-            f"Give a local path with model.path=... or go online (unset HF_HUB_OFFLINE).") from None
+            f"{hint}") from None
     return source, family_of(config.model_type), config
 
 

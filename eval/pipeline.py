@@ -1,6 +1,8 @@
 """One run, for every task and every kind of method:
 
-  plan      validate everything that needs no weights (method, task, model family, rates)
+  plan      one pass over every config value (eval/validate.py), then everything else that
+            needs no weights (method, task, model family, data files by content)
+  lock      one lock per record id (eval/locks.py): concurrent jobs never do a run twice
   load      the model the task scores (a causal LM, or the task's fine-tuned encoder)
   baseline  the dense model is evaluated once per model, task and protocol, then reused
   calibrate the task's calibration data (token windows, or task batches)
@@ -8,7 +10,8 @@
   evaluate  the task's metrics, and the forward-time speedup of a physically smaller model
   kernels   (kernels.convert=true) the linears swapped for kernel formats, the metric checked
             again on them, and prefill/decode (or forward) time against the dense model
-  write     one record, atomically; a run whose record exists is skipped
+  write     one record, atomically; a run whose valid record exists is skipped, a corrupt one
+            is set aside and redone
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ from typing import Any
 import torch
 
 from eval import provenance
+from eval.data import DataMissing
+from eval.locks import RecordLock
 from eval.records import RecordStore, record_id
+from eval.validate import ConfigError, check
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
 from methods.core.apply import apply_method
@@ -35,10 +41,6 @@ from methods.core.model_facts import measure
 from methods.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("compbench")
-
-
-class ConfigError(ValueError):
-    """Bad input, reported before any work starts."""
 
 
 @dataclass
@@ -75,6 +77,9 @@ def resolve_device(name: str) -> torch.device:
 def plan(cfg: dict[str, Any]) -> RunPlan:
     """Check everything that can be checked without loading weights or data."""
     cfg = copy.deepcopy(cfg)
+    check(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
     mcfg = dict(cfg["method"])
     name = mcfg.pop("name")
     try:
@@ -96,20 +101,34 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
             if hasattr(m, "keeps_codes"):
                 m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)
                                      or (cfg.get("kernels") or {}).get("convert"))
+        dense_identity = task.dense_identity(device)
+        identity = dense_identity
+        if name != "dense":
+            identity = {**dense_identity, "method": cfg["method"], "seed": cfg["seed"]}
+            calib = task.calib_identity(method.needs_calibration)
+            if calib is not None:
+                identity["calib"] = calib
+            if train is not None:
+                identity["train"] = train.identity()
+                if task.training_identity() is not None:
+                    identity["train_text"] = task.training_identity()
+    except (ConfigError, DataMissing):
+        raise
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
-    dense_identity = task.dense_identity(device)
-    identity = dense_identity
-    if name != "dense":
-        identity = {**dense_identity, "method": cfg["method"], "seed": cfg["seed"]}
-        calib = task.calib_identity(method.needs_calibration)
-        if calib is not None:
-            identity["calib"] = calib
-        if train is not None:
-            identity["train"] = train.identity()
-            if task.training_identity() is not None:
-                identity["train_text"] = task.training_identity()
     return RunPlan(cfg, task, method, device, identity, dense_identity)
+
+
+class _Held:
+    """The lock a dense run already holds (its own record is the baseline)."""
+
+    waited = False
+
+    def __enter__(self) -> "_Held":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +165,17 @@ def _record(p: RunPlan, identity: dict, rid: str, ev: Evaluation, extra: dict) -
         "versions": provenance.versions(), "git_commit": provenance.git_commit(),
         "hardware": provenance.hardware(p.device), **extra,
     }
+
+
+def _usable_dense(p: RunPlan, store: RecordStore) -> dict[str, Any] | None:
+    """The dense record, if one exists that can be reused: valid (a corrupt one is set aside),
+    of this schema, and the dense record of this very identity."""
+    dense = store.valid(p.dense_rid)
+    if dense is not None and dense["kind"] != "dense":
+        log.warning("record %s is not the dense baseline of this run: evaluating it again", p.dense_rid)
+        store.set_aside(p.dense_rid)
+        return None
+    return dense
 
 
 def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: float) -> dict[str, Any]:
@@ -235,18 +265,32 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     store = RecordStore(p.cfg["paths"]["results"])
     store.remove_partials()
     force = p.cfg.get("force", False)
-    if store.exists(p.rid) and not force:
+    done = None if force else store.valid(p.rid)
+    if done is not None:
         log.info("record %s exists: skipping (force=true to redo)", p.rid)
-        return store.load(p.rid)
+        return done
+    with RecordLock(store.dir / f"{p.rid}.lock") as lock:
+        done = store.valid(p.rid) if not force or lock.waited else None
+        if done is not None:              # written by the job that held the lock while we waited
+            log.info("record %s was written by another job: skipping", p.rid)
+            return done
+        return _run_locked(p, store, force, t_start)
 
+
+def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> dict[str, Any]:
     seed_everything(p.cfg["seed"])
     offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
     with provenance.Timer() as t_load:
         loaded = p.task.load("cpu" if offload else p.device)
-    dense = store.load(p.dense_rid) if store.exists(p.dense_rid) else None
-    # a dense record of the older schema (no task role, no headline) is evaluated again, not half reused
-    if dense is None or "role" not in dense or (force and p.is_dense):
-        dense = _dense_baseline(p, store, loaded, t_load.seconds)
+    dense = None if p.is_dense and force else _usable_dense(p, store)
+    if dense is None:
+        # the dense baseline is shared by every run of this model and protocol: one job evaluates it
+        with RecordLock(store.dir / f"{p.dense_rid}.lock") if not p.is_dense else _Held() as lock:
+            dense = _usable_dense(p, store) if lock.waited else None
+            if dense is None:
+                dense = _dense_baseline(p, store, loaded, t_load.seconds)
+            else:
+                log.info("dense baseline %s was recorded by another job: reusing it", p.dense_rid)
         if offload:
             loaded.model.to("cpu")
     if p.is_dense:

@@ -1,22 +1,83 @@
 """Run records: one JSON file per run under <results>/runs/, named by the hash of the run's
-identity (its resolved config minus paths and switches), written atomically."""
+identity (eval/identity.py: the model, data and numerics by content, the settings that change
+the numbers), in a versioned schema checked on every load, written atomically.
+
+A record file is either absent or complete: it is written to a `.partial-<host>-<pid>-*` file in
+the same folder, fsynced and renamed. A file that fails the schema check is reported with its
+path (`CorruptRecord`) and never read as a result.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+SCHEMA = 2            # 2: identity by content (eval/identity.py), numerics in the identity
 TMP_PREFIX = ".partial-"
+REQUIRED = {"schema": int, "id": str, "identity": dict, "config": dict, "kind": str, "metrics": dict,
+            "task": str, "role": str, "created": str}
+KINDS = ("dense", "compressed")
+
+
+class CorruptRecord(ValueError):
+    """A record file that cannot be read as a record of this schema."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def record_id(identity: dict[str, Any]) -> str:
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def problem(obj: Any, expect_id: str | None = None) -> str | None:
+    """Why `obj` is not a valid record (None: it is one)."""
+    if not isinstance(obj, dict):
+        return f"a record is a JSON object, this is a {type(obj).__name__}"
+    if "schema" not in obj:
+        return (f"no schema version: written before schema {SCHEMA} "
+                f"(upgrade with `python scripts/merge.py upgrade=true inputs=[<folder>] out=<folder>`)")
+    if obj["schema"] != SCHEMA:
+        return f"schema {obj['schema']!r}, this compbench reads schema {SCHEMA}"
+    for key, typ in REQUIRED.items():
+        if not isinstance(obj.get(key), typ):
+            return f"field '{key}' is missing or not a {typ.__name__}"
+    if obj["kind"] not in KINDS:
+        return f"kind '{obj['kind']}' is not one of {', '.join(KINDS)}"
+    if record_id(obj["identity"]) != obj["id"]:
+        return f"id {obj['id']} is not the hash of its identity ({record_id(obj['identity'])})"
+    if expect_id is not None and obj["id"] != expect_id:
+        return f"holds record {obj['id']}, its file name says {expect_id}"
+    if obj["kind"] == "compressed" and not isinstance(obj.get("dense_id"), str):
+        return "a compressed record without its dense_id"
+    return None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The record in `path`, checked; `CorruptRecord` if it is truncated, empty or off-schema."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CorruptRecord(path, f"unreadable ({err.strerror or err})") from None
+    if not text.strip():
+        raise CorruptRecord(path, "empty file")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptRecord(path, f"not JSON ({err.msg} at line {err.lineno}): truncated?") from None
+    why = problem(obj, expect_id=path.stem)
+    if why:
+        raise CorruptRecord(path, why)
+    return obj
 
 
 def _finite(obj: Any) -> Any:
@@ -28,6 +89,39 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def partial_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a `.partial-<host>-<pid>-<random>.json` file, or None for another name."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    parts = name[len(TMP_PREFIX):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+@dataclass
+class Scanned:
+    path: Path
+    record: dict[str, Any] | None = None
+    error: str | None = None
 
 
 class RecordStore:
@@ -43,16 +137,43 @@ class RecordStore:
         return self.path(rid).is_file()
 
     def load(self, rid: str) -> dict[str, Any]:
-        return json.loads(self.path(rid).read_text())
+        """The record `rid`, checked (`CorruptRecord` otherwise)."""
+        return read_record(self.path(rid))
+
+    def valid(self, rid: str) -> dict[str, Any] | None:
+        """The record `rid` if present and valid; a corrupt one is set aside (renamed, kept) and
+        None returned, so that the run redoes it."""
+        if not self.exists(rid):
+            return None
+        try:
+            return self.load(rid)
+        except CorruptRecord as err:
+            aside = self.set_aside(rid)
+            import logging
+            logging.getLogger("compbench").warning("record %s is corrupt (%s): kept as %s, redoing it",
+                                                   rid, err.reason, aside.name)
+            return None
+
+    def set_aside(self, rid: str) -> Path:
+        aside = self.dir / f"{rid}.json.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.replace(self.path(rid), aside)
+        return aside
 
     def write(self, record: dict[str, Any]) -> Path:
-        """Write via a temp file in the same folder + fsync + rename: readers never see half a record."""
+        """Write via a temp file in the same folder + fsync + rename: readers never see half a
+        record. The file mode follows the umask, as any file this user creates."""
+        record = {"schema": SCHEMA, **record}
+        why = problem(record)
+        if why:
+            raise ValueError(f"refusing to write an invalid record: {why}")
         target = self.path(record["id"])
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=self.dir)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=".json",
+                                   dir=self.dir)
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(_finite(record), fh, indent=2, sort_keys=True, allow_nan=False)
                 fh.flush()
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
@@ -60,16 +181,37 @@ class RecordStore:
             raise
         return target
 
-    def remove_partials(self, min_age_s: float = 60.0) -> int:
-        """Delete temp files left by killed runs (older than `min_age_s`, so a concurrent
-        writer's file is spared); returns how many."""
-        now = time.time()
-        stale = [p for p in self.dir.glob(f"{TMP_PREFIX}*") if now - p.stat().st_mtime > min_age_s]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+    def remove_partials(self, max_age_s: float = 3600.0) -> int:
+        """Delete temp files of writers that are gone: on this host, those whose process has
+        exited; from another host (a shared filesystem), those untouched for `max_age_s` (a
+        write takes well under a second). Returns how many."""
+        host, now, n = socket.gethostname(), time.time(), 0
+        for p in self.dir.glob(f"{TMP_PREFIX}*"):
+            owner = partial_owner(p.name)
+            try:
+                age = now - p.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if owner is not None and owner[0] == host:
+                stale = owner[1] != os.getpid() and not _pid_alive(owner[1])
+            else:
+                stale = age > max_age_s
+            if stale:
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def scan(self) -> Iterator[Scanned]:
+        """Every record file, checked: a valid record or the reason it is not one."""
+        for p in sorted(self.dir.glob("*.json")):
+            if p.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                yield Scanned(p, record=read_record(p))
+            except CorruptRecord as err:
+                yield Scanned(p, error=err.reason)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for p in sorted(self.dir.glob("*.json")):
-            if not p.name.startswith(TMP_PREFIX):
-                yield json.loads(p.read_text())
+        for s in self.scan():
+            if s.record is not None:
+                yield s.record

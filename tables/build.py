@@ -95,13 +95,14 @@ def belongs(spec: TableSpec, record: dict) -> bool:
 
 
 def gather(results: str | Path, include: Iterable[str | Path] = ()) -> list[dict]:
-    """The records under `results`/runs and every included record set, each id once."""
-    from eval.records import RecordStore
-    records: dict[str, dict] = {}
-    for root in [Path(results), *(Path(p) for p in include)]:
-        if (root / "runs").is_dir():
-            records.update({r["id"]: r for r in RecordStore(root)})
-    return list(records.values())
+    """The valid records under `results`/runs and every included record set (named relative to the
+    project or the current directory), each identity once. Corrupt files, missing sets and
+    conflicting duplicates are reported on stderr with their paths and left out (tables/collect.py)."""
+    from tables.collect import collect
+    found = collect([results, *include], must_exist=include)
+    for line in found.report():
+        print(f"warning: {line}", file=sys.stderr)
+    return list(found.records.values())
 
 
 def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str | Path] = (),
@@ -160,7 +161,7 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict], figures:
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
     wt2 = record["metrics"].get("wikitext2", {})
-    calib = record["identity"].get("calib")
+    calib = record["identity"].get("calib") and {**record["identity"]["calib"], **(record["config"].get("calib") or {})}
     notes = []
     if cfg["eval"].get("max_windows") is not None:
         notes.append(f"subset: first {wt2.get('windows')} windows")

@@ -11,6 +11,7 @@ verdict compares it with the claim under the spec's tolerance:
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,16 @@ class Checker:
     def __init__(self, results: str | Path, include: list[str | Path] = (), extra: list[str] = (),
                  dry_run: bool = False):
         from eval.records import RecordStore
+        from tables.collect import resolve_set
         self.results, self.extra, self.dry_run = Path(results), list(extra), dry_run
-        self.stores = [RecordStore(p) for p in [self.results, *include] if (Path(p) / "runs").is_dir()]
+        self.stores = [RecordStore(resolve_set(p)) for p in [self.results, *include]
+                       if (resolve_set(p) / "runs").is_dir()]
 
     def record(self, overrides: list[str]) -> tuple[dict | None, str]:
         """(the record of this run, or None with the reason: the run cannot start here, or it is
         only planned (a dry run), in which case the reason is empty)."""
         from eval.pipeline import ConfigError, plan, run
+        from eval.records import CorruptRecord
         cfg = compose([*overrides, *self.extra], self.results)
         try:
             rid = plan(cfg).rid
@@ -98,7 +102,10 @@ class Checker:
             return None, str(err)
         for store in self.stores:
             if store.exists(rid):
-                return store.load(rid), ""
+                try:
+                    return store.load(rid), ""
+                except CorruptRecord as err:
+                    print(f"warning: skipped {err}", file=sys.stderr)
         if self.dry_run:
             return None, ""
         return run(cfg), ""

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
+import subprocess
 
 import pytest
 
-from eval.records import TMP_PREFIX, RecordStore, record_id
+from eval.records import TMP_PREFIX, CorruptRecord, RecordStore, record_id
 
 
 def test_record_id_ignores_key_order_but_not_values():
@@ -16,29 +19,88 @@ def test_record_id_ignores_key_order_but_not_values():
     assert record_id(a) != record_id({**a, "seed": 1})
 
 
+def make_record(name: str, **over) -> dict:
+    """A minimal record of the schema (its id the hash of its identity)."""
+    identity = {"model": name}
+    return {"id": record_id(identity), "identity": identity, "config": {}, "kind": "dense", "task": "lm",
+            "role": "decoder", "metrics": {"wikitext2": {"ppl": 10.0}}, "created": "2026-01-01T00:00:00", **over}
+
+
 def test_write_is_atomic_and_nan_becomes_null(tmp_path, monkeypatch):
     store = RecordStore(tmp_path)
-    store.write({"id": "abc", "metrics": {"ppl": float("inf")}})
-    assert json.loads(store.path("abc").read_text())["metrics"]["ppl"] is None
+    a = make_record("a", metrics={"wikitext2": {"ppl": float("inf")}})
+    store.write(a)
+    assert json.loads(store.path(a["id"]).read_text())["metrics"]["wikitext2"]["ppl"] is None
 
     def crash(*_a, **_k):
         raise KeyboardInterrupt  # killed between the temp write and the rename
 
     monkeypatch.setattr(os, "replace", crash)
+    b = make_record("b")
     with pytest.raises(KeyboardInterrupt):
-        store.write({"id": "def", "metrics": {}})
-    assert not store.exists("def")
+        store.write(b)
+    assert not store.exists(b["id"])
     assert not list(store.dir.glob(f"{TMP_PREFIX}*"))
-    assert [r["id"] for r in store] == ["abc"]
+    assert [r["id"] for r in store] == [a["id"]]
 
 
-def test_stale_partials_are_ignored_and_cleaned(tmp_path):
+def test_an_invalid_record_is_never_written(tmp_path):
     store = RecordStore(tmp_path)
-    (store.dir / f"{TMP_PREFIX}x.json").write_text('{"id": "half')
-    old = os.path.getmtime(store.dir / f"{TMP_PREFIX}x.json") - 3600
-    os.utime(store.dir / f"{TMP_PREFIX}x.json", (old, old))
+    with pytest.raises(ValueError, match="field 'role'"):
+        store.write({k: v for k, v in make_record("a").items() if k != "role"})
+    with pytest.raises(ValueError, match="not the hash of its identity"):
+        store.write({**make_record("a"), "id": "0123456789abcdef"})
+
+
+def test_records_are_written_with_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = RecordStore(tmp_path).write(make_record("a"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("content, reason", [
+    ('{"id": "trunc', "not JSON"), ("", "empty file"), ("[1, 2]", "a list"),
+    ('{"id": "x", "metrics": {}}', "no schema version"), ('{"schema": 1, "id": "x"}', "schema 1"),
+])
+def test_a_corrupt_record_is_named_with_its_path(tmp_path, content, reason):
+    store = RecordStore(tmp_path)
+    bad = store.dir / "0123456789abcdef.json"
+    bad.write_text(content)
+    (item,) = list(store.scan())
+    assert item.record is None and reason in item.error and item.path == bad
+    with pytest.raises(CorruptRecord, match=str(bad)):
+        store.load("0123456789abcdef")
+    assert store.valid("0123456789abcdef") is None            # a run redoes it ...
+    assert not bad.exists() and len(list(store.dir.glob("0123456789abcdef.json.corrupt-*"))) == 1  # ... kept aside
+
+
+def test_orphaned_partials_are_removed_and_live_writers_spared(tmp_path):
+    store = RecordStore(tmp_path)
+    host = socket.gethostname()
+    dead = _dead_pid()
+    orphan = store.dir / f"{TMP_PREFIX}{host}-{dead}-abc.json"
+    mine = store.dir / f"{TMP_PREFIX}{host}-{os.getpid()}-def.json"
+    remote_young = store.dir / f"{TMP_PREFIX}othernode-123-ghi.json"
+    remote_old = store.dir / f"{TMP_PREFIX}othernode-456-jkl.json"
+    unnamed_old = store.dir / f"{TMP_PREFIX}x.json"
+    for p in (orphan, mine, remote_young, remote_old, unnamed_old):
+        p.write_text('{"id": "half')
+    for p in (remote_old, unnamed_old):
+        t = p.stat().st_mtime - 7200
+        os.utime(p, (t, t))
     assert list(store) == []
-    assert store.remove_partials() == 1
+    assert store.remove_partials() == 3
+    assert mine.exists() and remote_young.exists()
+    assert not orphan.exists() and not remote_old.exists() and not unnamed_old.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_rates_come_from_the_typed_result():

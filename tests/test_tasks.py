@@ -44,7 +44,9 @@ def test_lm_finetune_trains_on_its_own_text_and_names_it_in_the_identity(make_co
     cfg = make_config(**{"task": "lm_finetune", "model.seqlen": 64, "calib.path": "wikitext-2-raw/wiki.train.raw"})
     task = build_task(cfg)
     task.prepare()
-    assert task.training_identity() == {"source": "file", "path": "wikitext-2-tokens/valid.txt", "join": "\n\n"}
+    from eval.identity import file_sha256
+    valid = file_sha256(task.data.root / "wikitext-2-tokens/valid.txt")
+    assert task.training_identity() == {"source": "file", "join": "\n\n", "data": {"train_text": {"sha256": valid}}}
     loaded = Loaded(tiny.model, tiny.tokenizer, tiny.family)
     from eval.data import calibration_stream
     stream = calibration_stream("file", task.data, tiny.tokenizer, path="wikitext-2-tokens/valid.txt")

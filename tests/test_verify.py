@@ -74,7 +74,7 @@ def test_a_published_record_is_reproduced_and_a_wrong_claim_is_not(tmp_path):
     checker = Checker(tmp_path, include=[ROOT / "results" / "tiny-llama-wt2"],
                       extra=[f"paths.data_root={DATA_ROOT}", "progress=false"], dry_run=True)
     ok = checker.check_claim("model=tiny_llama method=gptq ppl=152.3")
-    assert ok.status == "reproduced" and ok.records == ["4328272b728819c4"]
+    assert ok.status == "reproduced" and ok.records == ["db35c2808837db13"]
     assert ok.reproduced["wikitext2"] == pytest.approx(152.2229, abs=1e-3)
     bad = checker.check_claim("model=tiny_llama method=gptq ppl=140.0")
     assert bad.status == "not reproduced" and bad.delta["wikitext2"] == pytest.approx(12.22, abs=0.01)

@@ -73,6 +73,32 @@ class Task:
         """What identifies the dense baseline (its record id is a hash of this)."""
         raise NotImplementedError
 
+    def data_files(self) -> dict[str, str]:
+        """The data files the dense baseline reads (evaluation, fine-tuning), by a name for each
+        and its standard path under the data root."""
+        return {}
+
+    def calib_files(self) -> dict[str, str]:
+        """The data files a compressed run reads beside them (calibration, training text)."""
+        return {}
+
+    def data_identity(self, files: dict[str, str]) -> dict[str, Any]:
+        """Each file by its content hash (offline and absent: `DataMissing` now, before any loading);
+        on the Hub, by its dataset name."""
+        from eval.identity import data_identity
+        return data_identity({name: self.data.local(rel, name) for name, rel in files.items()})
+
+    def model_identity(self) -> dict[str, Any]:
+        """The model by its resolved source (see eval/identity.py), plus its non-path settings."""
+        from eval.identity import model_identity
+        mc = self.cfg["model"]
+        skip = {"path", "finetuned", "needs", "revision"}   # spellings and hardware hints: not the model
+        out = {k: v for k, v in mc.items() if k not in skip}
+        out["source"] = model_identity(mc["path"], mc.get("revision"))
+        if mc.get("finetuned"):
+            out["finetuned"] = model_identity(mc["finetuned"], mc.get("revision"))
+        return out
+
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
         """What identifies a compressed run's calibration data (None: not part of the identity)."""
         raise NotImplementedError

@@ -73,10 +73,11 @@ class EncoderTask(Task):
                              f"got a '{self.family.name}' model")
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
+        from eval.identity import numerics
         c = self.cfg
-        model = {k: v for k, v in c["model"].items() if k != "needs"}   # hardware hints: not the model
-        return {"model": model, "task": c["task"], "finetune": c["finetune"], "method": {"name": "dense"},
-                "device": str(device)}
+        return {"model": self.model_identity(), "task": c["task"], "finetune": c["finetune"],
+                "method": {"name": "dense"}, "data": self.data_identity(self.data_files()),
+                "numerics": numerics(device)}
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
         return {"nsamples": self.cfg["calib"]["nsamples"], "batch_size": self.cfg["engine"]["batch_size"]}

@@ -21,6 +21,10 @@ class MNLI(EncoderTask):
     def headline(self, metrics) -> float:
         return metrics["matched"]["acc"]
 
+    def data_files(self) -> dict[str, str]:
+        return {f"mnli.{split}": glue.GLUE_FILES[("mnli", split)]
+                for split in ("train", "validation_matched", "validation_mismatched")}
+
 
 @register_task("qqp")
 class QQP(EncoderTask):
@@ -34,3 +38,6 @@ class QQP(EncoderTask):
 
     def headline(self, metrics) -> float:
         return metrics["dev"]["acc"]
+
+    def data_files(self) -> dict[str, str]:
+        return {f"qqp.{split}": glue.GLUE_FILES[("qqp", split)] for split in ("train", "validation")}

@@ -58,12 +58,41 @@ class LanguageModelling(Task):
                 for n, m in self.family.linears(block).items()}
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
-        model = {k: v for k, v in self.cfg["model"].items() if k != "needs"}   # hardware hints: not the model
-        return {"model": {**model, "seqlen": self.seqlen}, "method": {"name": "dense"},
-                "eval": self.cfg["eval"], "device": str(device)}
+        from eval.identity import numerics
+        return {"model": {**self.model_identity(), "seqlen": self.seqlen}, "method": {"name": "dense"},
+                "eval": self.cfg["eval"], "data": self.data_identity(self.data_files()),
+                "numerics": numerics(device)}
+
+    def data_files(self) -> dict[str, str]:
+        split = {"wikitext2": data_mod.WIKITEXT2_RAW["test"], "c4": data_mod.C4_SHARDS["validation"]}
+        return {f"eval.{ds}": split[ds] for ds in self.cfg["eval"]["datasets"]}
+
+    def calib_files(self) -> dict[str, str]:
+        out = {}
+        for role, c in (("calib", self.cfg["calib"]), ("train_text", self.cfg["task"].get("train_text"))):
+            if not c:
+                continue
+            if c["source"] == "file" and c.get("path"):
+                out[role] = c["path"]
+            elif c["source"] == "wikitext2":
+                out[role] = data_mod.WIKITEXT2_RAW["train"]
+            elif c["source"] == "c4":
+                out[role] = data_mod.C4_SHARDS["train"]
+        return out
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
-        return {**self.cfg["calib"], "seqlen": self.seqlen} if needs_calibration else None
+        if not needs_calibration:
+            return None
+        files = {k: v for k, v in self.calib_files().items() if k == "calib"}
+        return {**{k: v for k, v in self.cfg["calib"].items() if k != "path"}, "seqlen": self.seqlen,
+                "data": self.data_identity(files)}
+
+    def training_identity(self) -> dict[str, Any] | None:
+        tt = self.cfg["task"].get("train_text")
+        if not tt:
+            return None
+        files = {k: v for k, v in self.calib_files().items() if k == "train_text"}
+        return {**{k: v for k, v in tt.items() if k != "path"}, "data": self.data_identity(files)}
 
     def load(self, device: torch.device | str) -> Loaded:
         mc = self.cfg["model"]
@@ -96,8 +125,6 @@ class LanguageModelling(Task):
         return InputBatches([{"input_ids": ids[i:i + batch_size], "labels": ids[i:i + batch_size], "use_cache": False}
                              for i in range(0, ids.shape[0], batch_size)])
 
-    def training_identity(self) -> dict[str, Any] | None:
-        return self.cfg["task"].get("train_text")
 
     def check_training(self, method) -> None:
         if "decoder" not in method.roles:

@@ -21,6 +21,9 @@ class SQuAD(EncoderTask):
     def headline(self, metrics) -> float:
         return next(iter(metrics.values()))["f1"]
 
+    def data_files(self) -> dict[str, str]:
+        return {"squad.train": squad.SQUAD_TRAIN, "squad.dev": squad.SQUAD_DEV}
+
 
 @register_task("squad_dev_split")
 class SQuADDevSplit(SQuAD):
@@ -29,3 +32,6 @@ class SQuADDevSplit(SQuAD):
 
     def all_eval_sets(self) -> dict[str, list]:
         return {"dev_half": squad.squad_dev_split(squad.load_squad(self.data, "validation"))[1]}
+
+    def data_files(self) -> dict[str, str]:
+        return {"squad.dev": squad.SQUAD_DEV}

@@ -1,0 +1,213 @@
+"""One validation pass over a run's resolved config, before anything loads: every value has a
+typed range, and the first value out of range stops the run with one line naming the field, the
+value and what is allowed. Method settings are checked by their names (the same name means the
+same thing in every method: `sparsity` is a fraction, `wbits` a bit width); each method's own
+constructor then checks what only it knows."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad input, reported before any work starts."""
+
+
+@dataclass(frozen=True)
+class Range:
+    kind: str                        # "int" | "float" | "bool" | "str" | "choice" | "list"
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    optional: bool = False           # null allowed
+    also: tuple = ()                 # special values allowed beside the range (e.g. -1: per channel)
+    choices: tuple = ()
+    pattern: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.kind in ("bool", "str", "list"):
+            text = {"bool": "true or false", "str": "a non-empty string", "list": "a non-empty list"}[self.kind]
+            if self.pattern:
+                text += f" matching {self.pattern}"
+        else:
+            noun = "an integer" if self.kind == "int" else "a number"
+            parts = []
+            if self.lo is not None:
+                parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
+            if self.hi is not None:
+                parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
+            text = noun + (" " + " and ".join(parts) if parts else "")
+        if self.also:
+            text += " (or " + ", ".join(map(str, self.also)) + ")"
+        if self.optional:
+            text += ", or null"
+        return text
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return self.optional
+        if v in self.also and not isinstance(v, bool):
+            return True
+        if self.kind == "bool":
+            return isinstance(v, bool)
+        if self.kind == "str":
+            return isinstance(v, str) and bool(v) and (self.pattern is None or bool(re.fullmatch(self.pattern, v)))
+        if self.kind == "choice":
+            return v in self.choices
+        if self.kind == "list":
+            return isinstance(v, (list, tuple)) and len(v) > 0
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if self.kind == "int" and not (isinstance(v, int) or float(v).is_integer()):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def Int(lo=None, hi=None, **kw) -> Range:
+    return Range("int", lo, hi, **kw)
+
+
+def Num(lo=None, hi=None, **kw) -> Range:
+    return Range("float", lo, hi, **kw)
+
+
+BOOL, STR = Range("bool"), Range("str")
+FRACTION = Num(0, 1, hi_open=True)
+POSITIVE = Num(0, lo_open=True)
+
+RUN: dict[str, Range] = {
+    "seed": Int(0, 2**32 - 1),
+    "threads": Int(1, optional=True),
+    "device": Range("str", pattern=r"cpu|auto|cuda(:\d+)?"),
+    "offline": Range("bool", optional=True),
+    "force": BOOL, "progress": BOOL,
+    "save_dir": Range("str", optional=True),
+    "engine.batch_size": Int(1), "engine.offload": BOOL, "engine.keep_codes": BOOL,
+    "kernels.convert": BOOL,
+    "paths.data_root": STR, "paths.results": STR,
+    "model.name": STR, "model.path": STR, "model.dtype": Range("choice", choices=("float32", "float16", "bfloat16")),
+    "model.seqlen": Int(8, optional=True), "model.trust_remote_code": BOOL,
+    "model.revision": Range("str", optional=True),
+    "calib.source": Range("choice", choices=("c4", "wikitext2", "file")), "calib.nsamples": Int(1),
+    "eval.datasets": Range("list"), "eval.batch_size": Int(1), "eval.max_windows": Int(1, optional=True),
+    "eval.zeroshot.batch_size": Int(1), "eval.zeroshot.limit": Int(1, optional=True),
+    "task.max_length": Int(16), "task.doc_stride": Int(1), "task.batch_size": Int(1),
+    "task.max_eval_examples": Int(1, optional=True), "task.n_best": Int(1), "task.max_answer_length": Int(1),
+    "finetune.seed": Int(0, 2**32 - 1), "finetune.epochs": Num(0, lo_open=True), "finetune.batch_size": Int(1),
+    "finetune.lr": POSITIVE, "finetune.warmup_ratio": Num(0, 1), "finetune.weight_decay": Num(0),
+    "finetune.max_train_features": Int(1, optional=True),
+    "train.steps": Int(1, optional=True), "train.epochs": Num(0, lo_open=True), "train.batch_size": Int(1),
+    "train.grad_accum": Int(1), "train.lr": POSITIVE, "train.warmup_ratio": Num(0, 1),
+    "train.weight_decay": Num(0), "train.max_grad_norm": Num(0, lo_open=True, optional=True),
+    "train.eval_every": Int(0), "train.checkpoint_every": Int(0), "train.seed": Int(0, 2**32 - 1),
+    "train.max_train_features": Int(1, optional=True),
+    "train.precision": Range("choice", choices=("auto", "fp32", "bf16", "fp16")),
+}
+
+# method settings by name, wherever they appear in `method` (compositions' steps included)
+METHOD: list[tuple[str, Range]] = [
+    (r"sparsity|rate|ratio|flops_rate", FRACTION),
+    (r"wbits|kv_bits|kernel_bits|bits", Int(1, 16)),
+    (r"abits", Int(1, 16)),
+    (r"target_bits", Num(0, 16, lo_open=True)),
+    (r"group_?size|min_group|stat_group", Int(1, also=(-1,))),
+    (r"block_?size|dq_blocksize", Int(1)),
+    (r"nsamples|centroids|clusters_n|iters|kmeans_iters|rounds|n_grid|n_blocks|search_tokens|clip_tokens",
+     Int(1)),
+    (r"(\w+_)?batches|batch_size", Int(1)),
+    (r"percdamp|damp", Num(0, 1)),
+    (r"(\w+_)?lr", POSITIVE),
+    (r"fine_steps|recovery_steps", Int(0)),
+    (r"temperature|temperature_start|temperature_end", POSITIVE),
+    (r"speedup", Num(1)),
+    (r"seed", Int(0, 2**32 - 1)),
+    (r"(start|end|warmup|soft|tinit|tfinal)_frac", Num(0, 1)),
+]
+
+
+def _get(cfg: dict, dotted: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _fail(field: str, value: Any, rng: Range) -> ConfigError:
+    return ConfigError(f"{field}={value!r} is out of range: it must be {rng.describe()}")
+
+
+def _method_values(node: Any, prefix: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _method_values(v, f"{prefix}.{k}")
+    elif isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
+        for i, x in enumerate(node):
+            yield from _method_values(x, f"{prefix}.{i}")
+    else:
+        yield prefix, node
+
+
+def check_values(cfg: dict[str, Any]) -> None:
+    """Every known field's value in its range (`ConfigError`, one line, at the first that is not)."""
+    for field, rng in RUN.items():
+        present, value = _get(cfg, field)
+        if present and not rng.ok(value):
+            raise _fail(field, value, rng)
+    present, ds = _get(cfg, "task.doc_stride")
+    if present and ds >= cfg["task"].get("max_length", ds + 1):
+        raise ConfigError(f"task.doc_stride={ds} is out of range: it must be below task.max_length "
+                          f"({cfg['task']['max_length']})")
+    for field, value in _method_values(cfg.get("method") or {}, "method"):
+        leaf = field.rsplit(".", 1)[-1]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue   # switches, names, lists: the method's own checks
+        for pattern, rng in METHOD:
+            if re.fullmatch(pattern, leaf):
+                if not rng.ok(value):
+                    raise _fail(field, value, rng)
+                break
+
+
+def check_model_folder(field: str, path: str) -> None:
+    """A local model folder must hold a config and safetensors weights (compbench never unpickles)."""
+    from eval.models import resolve_source
+    try:
+        source = Path(resolve_source(path))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{field}={path!r}: {err}") from None
+    if not source.is_dir():
+        return                                  # a hub id: checked when its config is fetched
+    if not (source / "config.json").is_file():
+        raise ConfigError(f"{field}={path!r}: the folder {source} has no config.json; "
+                          f"give a Hugging Face model folder (or a hub id)")
+    if not any(source.glob("*.safetensors")):
+        other = sorted(p.name for p in source.glob("*.bin")) + sorted(p.name for p in source.glob("*.pt"))
+        hint = (f" (it has {', '.join(other[:3])}: convert to safetensors, e.g. "
+                f"`AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`)") if other else ""
+        raise ConfigError(f"{field}={path!r}: the folder {source} has no *.safetensors weights{hint}; "
+                          f"compbench loads safetensors only")
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """The whole pass: values, then the model folders the run will load."""
+    check_values(cfg)
+    model = cfg.get("model") or {}
+    if model.get("path"):
+        check_model_folder("model.path", model["path"])
+    if model.get("finetuned"):
+        check_model_folder("model.finetuned", model["finetuned"])
