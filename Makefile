@@ -117,7 +117,7 @@ table7: model
 	$(PY) scripts/tables.py print=true tables=[table7] $(filter paths.results=%,$(ENCODER))
 
 test: model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: model
 	$(PY) -m pytest -q -m "not slow"

@@ -24,9 +24,11 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
     from methods.training.trainer import TrainConfig, Trainer
 
     torch.manual_seed(ft["seed"])  # the task head's initialisation
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    revision = (task.cfg.get("model") or {}).get("revision")   # pins a hub model (part of the identity)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
     kwargs = {} if task.is_qa else {"num_labels": task.num_labels}
-    model = task.model_class().from_pretrained(model_path, use_safetensors=True, **kwargs).to(device)
+    model = task.model_class().from_pretrained(model_path, use_safetensors=True, revision=revision,
+                                               **kwargs).to(device)
     tc = TrainConfig.from_dict(ft)
     # one seed for the head and dropout, and the for-loop AdamW: the fine-tunes made before the
     # shared trainer (the shipped teacher, cached baselines) come out bit for bit the same

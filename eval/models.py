@@ -48,11 +48,12 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def model_family(path: str, trust_remote_code: bool = False) -> tuple[str, Family, object]:
-    """Source, family and HF config, read before any weights are loaded (fails fast)."""
+def model_family(path: str, trust_remote_code: bool = False, revision: str | None = None) -> tuple[str, Family, object]:
+    """Source, family and HF config, read before any weights are loaded (fails fast). `revision`
+    pins a hub model (a branch, tag or commit; part of the run's identity)."""
     source = resolve_source(path)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as err:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             hint = "Give a local path with model.path=... or go online (unset HF_HUB_OFFLINE)."
@@ -70,23 +71,24 @@ def default_seqlen(config) -> int:
 
 
 def load(path: str, dtype: str = "float32", device: str | torch.device = "cpu", seqlen: int | None = None,
-         trust_remote_code: bool = False) -> LoadedModel:
+         trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
     """Load model + tokenizer from safetensors only (no unpickling); `seqlen` defaults to the
     model's max_position_embeddings capped at 2048."""
-    source, family, config = model_family(path, trust_remote_code)
+    source, family, config = model_family(path, trust_remote_code, revision)
     try:
         if (Path(source) / SHAPES_FILE).is_file():
             model = load_compressed(source, resolve_dtype(dtype), trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+                source, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+                revision=revision)
     except OSError as err:
         raise FileNotFoundError(f"model '{path}': no safetensors weights could be loaded ({err}). "
                                 f"compbench never unpickles .bin checkpoints: convert them to safetensors.") from None
     model.eval()
     model.config.use_cache = False
     model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     limit = default_seqlen(config)
     seqlen = seqlen or limit
     if seqlen > getattr(config, "max_position_embeddings", seqlen):

@@ -157,18 +157,20 @@ def _print(e: dict) -> None:
 
 def record_formats(dirs: list[str]) -> dict[str, set[str]]:
     """The formats each model's published records produced (what the tables need a figure for)."""
+    from tables.collect import collect
     found: dict[str, set[str]] = {}
-    for d in dirs:
-        for f in sorted(Path(d).glob("runs/*.json")):
-            rec = json.loads(f.read_text())
-            if rec.get("kind") != "compressed":
-                continue
-            try:
-                key = spec_for(rec).key
-            except NoKernel:
-                continue
-            if key != "dense":
-                found.setdefault(rec["config"]["model"]["name"], set()).add(key)
+    records = collect(dirs)
+    for line in records.report():
+        print(f"warning: {line}", flush=True)
+    for rec in records.records.values():
+        if rec.get("kind") != "compressed":
+            continue
+        try:
+            key = spec_for(rec).key
+        except NoKernel:
+            continue
+        if key != "dense":
+            found.setdefault(rec["config"]["model"]["name"], set()).add(key)
     return found
 
 

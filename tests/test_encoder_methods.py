@@ -318,3 +318,84 @@ def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_
     # the FFN input linear reads the migrated LayerNorm: it holds Q(W·diag(γ))·diag(γ)⁻¹
     expected = quantize_weight(W0 * gamma, QuantSpec(bits=8, sym=True, granularity="channel")).dequantize() / gamma
     torch.testing.assert_close(fam.blocks(model)[0].intermediate.dense.weight.detach(), expected)
+
+
+# ---- Kwon et al.: the reference's Fisher, rearrangement and tuning --------------------------------
+
+def test_greedy_rearrangement_returns_the_reference_procedures_mask():
+    from methods.pruning.kwon import greedy_rearrange
+    # gradients of 2 mini-batches (rows) for 4 units (columns); squared norms 1, 1.21, 1.44, 18
+    grads = torch.tensor([[1.0, 0.0, -1.2, 3.0],
+                          [0.0, 1.1, 0.0, 3.0]])
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0])         # 2 units pruned (which ones does not matter)
+    # by hand: start pruned = {u0, u1} (least important). Add u2: leaving out u0 gives
+    # |(-1.2, 1.1)|² = 2.65, u1 gives |(-0.2, 0)|² = 0.04, u2 gives |(1, 1.1)|² = 2.21, so u1 is kept.
+    # Add u3: pruned {u0, u2, u3} sums to (2.8, 3); leaving out u3 gives 0.04 (u0: 12.24, u2: 25),
+    # so u3 is kept. Pruned {u0, u2}: the opposite gradients cancel, unlike top-k's {u0, u1}.
+    assert greedy_rearrange(mask, grads).tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert greedy_rearrange(torch.ones(4), grads).tolist() == [1.0] * 4        # nothing pruned: unchanged
+
+
+def test_batch_fisher_is_the_sum_of_squared_minibatch_gradients():
+    from methods.core.arch import family_of
+    from methods.pruning.encoder_units import masks_applied
+    from methods.pruning.kwon import minibatch_mask_gradients, rebatch
+    from tiny_encoders import batches, tiny_bert
+    model = tiny_bert(layers=2, qa=True, dropout=0.0).double()
+    fam = family_of(model.config.model_type)
+    data = batches(3, size=4, qa=True)                                  # 12 samples -> 2 mini-batches of 6
+    gh, gn = minibatch_mask_gradients(model, fam, data, 2, 4, 64, torch.device("cpu"), batch_size=6)
+    assert gh.shape == (2, 2, 4) and gn.shape == (2, 2, 64)
+    eps = 1e-5
+
+    def loss(batch, layer, head=None, neuron=None, delta=0.0):
+        hm, nm = torch.ones(2, 4, dtype=torch.float64), torch.ones(2, 64, dtype=torch.float64)
+        if head is not None:
+            hm[layer, head] += delta
+        else:
+            nm[layer, neuron] += delta
+        with torch.no_grad(), masks_applied(model, fam, hm, nm):
+            return float(model(**batch).loss)
+
+    for (layer, head, neuron) in ((1, 2, None), (0, None, 17)):
+        g = [(loss(b, layer, head, neuron, eps) - loss(b, layer, head, neuron, -eps)) / (2 * eps)
+             for b in rebatch(data, 6)]
+        fisher = sum(x * x for x in g)
+        got = gh[:, layer, head] if head is not None else gn[:, layer, neuron]
+        assert got.tolist() == pytest.approx(g, rel=1e-5, abs=1e-9)
+        assert float(got.pow(2).sum()) == pytest.approx(fisher, rel=1e-5)
+
+
+def test_reference_tuning_reduces_the_layer_output_error_against_its_teacher(minilm, qa_batches):
+    from methods.pruning.encoder_units import encoder_flops, masks_applied, unit_flops
+    from methods.pruning.kwon import minibatch_mask_gradients, search_masks
+    from methods.pruning.mask_tuning import tune_like_reference
+    model, _ = minilm
+    fam = family_of(model.config.model_type)
+    cfg, dev = model.config, torch.device("cpu")
+    L, H, N = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size
+    gh, gn = minibatch_mask_gradients(model, fam, qa_batches, L, H, N, dev, batch_size=8)
+    hf, nf = unit_flops(model, 128)
+    full = encoder_flops(model, fam, 128)
+    student = search_masks(gh.pow(2).sum(0), gn.pow(2).sum(0), hf, nf, 0.5 * full)
+    teacher = search_masks(gh.pow(2).sum(0), gn.pow(2).sum(0), hf, nf, 0.5 ** 0.5 * full)
+    hm, nm, report = tune_like_reference(model, fam, qa_batches, dev, teacher, student, on_failure="skip")
+    assert not report["failures"] and "0.heads" not in report["tuned"] and "1.heads" in report["tuned"]
+    assert torch.equal(hm[0], student[0][0]) and not torch.equal(hm[1], student[0][1])   # layer-0 heads untouched
+
+    @torch.no_grad()
+    def block_outputs(masks):
+        outs = []
+        with masks_applied(model, fam, *masks):
+            for b in qa_batches:
+                hs = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                token_type_ids=b.get("token_type_ids"), output_hidden_states=True).hidden_states
+                keep = b["attention_mask"].bool()
+                outs.append(torch.stack([h[keep] for h in hs[1:]]))
+        return torch.cat(outs, 1)
+
+    target = block_outputs(teacher)
+    err_binary = (block_outputs(student) - target).pow(2).sum((1, 2))
+    err_tuned = (block_outputs((hm, nm)) - target).pow(2).sum((1, 2))
+    assert float(err_tuned.sum()) < 0.8 * float(err_binary.sum())
+    assert float(err_tuned[-1]) < float(err_binary[-1])

@@ -151,7 +151,8 @@ class EncoderTask(Task):
         """`model.path` (the pre-trained encoder) with a newly initialised task head."""
         kwargs = {} if self.is_qa else {"num_labels": self.num_labels}
         source = models.resolve_source(self.cfg["model"]["path"])
-        model = self.model_class().from_pretrained(source, use_safetensors=True, **kwargs)
+        model = self.model_class().from_pretrained(source, use_safetensors=True,
+                                                   revision=self.cfg["model"].get("revision"), **kwargs)
         return model.to(device)
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:

@@ -34,7 +34,8 @@ class LanguageModelling(Task):
             if ds not in data_mod.EVAL_DATASETS:
                 raise ValueError(f"unknown evaluation dataset '{ds}'; known: {', '.join(data_mod.EVAL_DATASETS)}")
         models.resolve_dtype(mc["dtype"])
-        _, self.family, self.hf_config = models.model_family(mc["path"], mc.get("trust_remote_code", False))
+        _, self.family, self.hf_config = models.model_family(mc["path"], mc.get("trust_remote_code", False),
+                                                                mc.get("revision"))
         if self.family.name == "bert":
             raise ValueError(f"model '{mc['path']}' is an encoder: perplexity runs need a causal LM "
                              f"(encoders are scored on MNLI / QQP / SQuAD)")
@@ -96,7 +97,8 @@ class LanguageModelling(Task):
 
     def load(self, device: torch.device | str) -> Loaded:
         mc = self.cfg["model"]
-        lm = models.load(mc["path"], mc["dtype"], device, self.seqlen, mc.get("trust_remote_code", False))
+        lm = models.load(mc["path"], mc["dtype"], device, self.seqlen, mc.get("trust_remote_code", False),
+                         mc.get("revision"))
         return Loaded(lm.model, lm.tokenizer, lm.family)
 
     def calibration(self, loaded: Loaded, seed: int) -> TokenWindows:

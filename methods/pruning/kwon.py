@@ -1,23 +1,33 @@
 """Kwon et al. (2022), *A Fast Post-Training Pruning Framework for Transformers*: retraining-free
 head/neuron pruning of an encoder under a FLOPs constraint, from a few thousand task samples.
 
-Algorithm (paper §4 / reference):
-  1. Fisher information of the mask variables (all 1): per-sample gradients g = ∂L/∂m;
-     diagonal I_ii = mean(g_i²) for the search, per-layer blocks mean(g gᵀ) for rearrangement
+Algorithm (paper §4; the reference code WoosukKwon/retraining-free-pruning):
+  1. Fisher information of the mask variables (all 1). `fisher="batch"` (default, the
+     reference's `collect_mask_grads`): one gradient of the mini-batch loss per mini-batch of
+     `fisher_batch_size` samples (12 for SQuAD, 32 for GLUE, as the reference), I_ii = Σ_b g_bi².
+     `fisher="sample"`: per-sample gradients (compbench's earlier variant).
   2. mask search (Alg. 1): heads and neurons ranked by I_ii; for every number of kept heads,
      fill the rest of the FLOPs budget with the most important neurons; keep the split with the
      largest total importance
-  3. mask rearrangement: per layer, with the layer's counts fixed, swap pruned/kept units while
-     the block-diagonal Fisher loss ½ (1−m)ᵀ F (1−m) decreases
-  4. mask tuning: per layer, least squares for the kept heads' / neurons' real-valued mask so
-     that the masked attention / FFN output reconstructs the original one (normal equations
-     with the Gram matrices of the per-unit contributions)
+  3. mask rearrangement, per layer with the layer's counts fixed. `rearrange="greedy"` (default,
+     the reference's `greedy_rearrange`): start from the least important units as the pruned
+     set; add each further unit in ascending importance and drop from the set the unit whose
+     removal leaves the smallest ‖Σ_{pruned} g‖² (the block-diagonal Fisher loss).
+     `rearrange="swap"`: pairwise swaps while ½(1−m)ᵀF(1−m) decreases (compbench's variant:
+     a lower objective, a worse model in the comparison of results/minilm-l6/README.md).
+  4. mask tuning. `tune="reference"`: as `prune/rescale.py` (methods/pruning/mask_tuning.py):
+     against a teacher mask searched at √c of the budget, on the pruned model's propagated
+     inputs, with a bias column, layer-0 heads untouched, a damped direct solve in float64 and
+     failures reported. `tune="dense"`: per layer, least squares for the kept units' scales
+     against the dense model's own outputs on its own (dense) inputs (normal equations with the
+     Gram matrices of the per-unit contributions). `tune="none"`: binary masks.
   5. fold the masks into the output projections and remove the pruned structures physically
-Deviation: mask tuning takes each layer's inputs from the original model (the paper feeds the
-already pruned layers' outputs).
+Published rows (results/minilm-l6, 50% and 75% of FLOPs): the defaults, fisher=batch,
+rearrange=greedy, tune=reference; that README's Kwon section compares every variant.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,6 +38,7 @@ from methods.core.calibration import InputBatches, model_inputs
 from methods.core.hooks import forward_hooks
 from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, masks_applied, prune_with_masks,
                                            unit_flops)
+from methods.pruning.mask_tuning import tune_like_reference
 from methods.pruning.structure import struct_spec
 
 
@@ -46,6 +57,64 @@ def per_sample_mask_gradients(model, family, batches, L: int, H: int, N: int, de
             gh.append(dh.detach().cpu())
             gn.append(dn.detach().cpu())
     return torch.cat(gh), torch.cat(gn)
+
+
+def minibatch_mask_gradients(model, family, batches, L: int, H: int, N: int, device,
+                             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mini-batches, L, H) and (mini-batches, L, N): the gradient of each mini-batch's mean loss
+    w.r.t. masks shared by its samples (the reference's Fisher samples)."""
+    gh, gn = [], []
+    model.to(device).eval()
+    with torch.enable_grad():
+        for batch in rebatch(batches, batch_size):
+            hm = torch.ones(L, H, device=device, requires_grad=True)
+            nm = torch.ones(L, N, device=device, requires_grad=True)
+            with masks_applied(model, family, hm, nm):
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            dh, dn = torch.autograd.grad(loss, (hm, nm))
+            gh.append(dh.detach().cpu())
+            gn.append(dn.detach().cpu())
+    return torch.stack(gh), torch.stack(gn)
+
+
+def rebatch(batches: list[dict], size: int) -> list[dict]:
+    """The same samples in mini-batches of `size`, in order (sequences padded with 0 to the longest
+    of each mini-batch where batches differ in length)."""
+    rows: list[dict] = []
+    for b in batches:
+        n = next(iter(b.values())).shape[0]
+        rows += [{k: v[j] for k, v in b.items()} for j in range(n)]
+    out = []
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        merged = {}
+        for k in chunk[0]:
+            vals = [r[k] for r in chunk]
+            if vals[0].dim() == 1:
+                width = max(v.shape[0] for v in vals)
+                vals = [torch.nn.functional.pad(v, (0, width - v.shape[0])) for v in vals]
+            merged[k] = torch.stack(vals)
+        out.append(merged)
+    return out
+
+
+def greedy_rearrange(mask: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """One layer, the reference's greedy procedure: `grads` (mini-batches x units); the number of
+    pruned units stays; returns the new binary mask (1 = kept)."""
+    n_pruned = int((mask == 0).sum())
+    if n_pruned in (0, mask.numel()):
+        return mask.clone()
+    vectors = grads.t().double()                                   # units x mini-batches
+    order = torch.argsort(vectors.pow(2).sum(1), stable=True).tolist()
+    pruned = order[:n_pruned]
+    for unit in order[n_pruned:]:
+        pruned.append(unit)
+        v = vectors[pruned]
+        leave_one_out = (v.sum(0, keepdim=True) - v).pow(2).sum(1)  # the loss if that unit were kept
+        del pruned[int(torch.argmin(leave_one_out))]
+    out = torch.ones_like(mask)
+    out[pruned] = 0
+    return out
 
 
 def search_masks(head_imp: torch.Tensor, neuron_imp: torch.Tensor, head_flops: float, neuron_flops: float,
@@ -147,10 +216,20 @@ def layer_contributions(model, family, batches, device) -> list[dict[str, torch.
 @register("kwon")
 class Kwon(EncoderPruning):
     rows = {"table2": TableRow("Kwon et al.", "81", "N,H")}
+    FISHER, REARRANGE, TUNE = ("batch", "sample"), ("greedy", "swap", "none"), ("reference", "dense", "none")
 
-    def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, rearrange: bool = True, tune: bool = True):
+    def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, fisher: str = "batch",
+                 fisher_batch_size: int | None = None, rearrange: str = "greedy", tune: str = "reference",
+                 on_failure: str = "stop"):
         super().__init__(flops_rate, seq_len)
-        self.do_rearrange, self.do_tune = rearrange, tune
+        for name, value, allowed in (("fisher", fisher, self.FISHER), ("rearrange", rearrange, self.REARRANGE),
+                                     ("tune", tune, self.TUNE), ("on_failure", on_failure, ("stop", "skip"))):
+            if value not in allowed:
+                raise ValueError(f"kwon: {name}={value!r} is not one of {', '.join(allowed)}")
+        if fisher_batch_size is not None and fisher_batch_size < 1:
+            raise ValueError(f"kwon: fisher_batch_size must be >= 1 (or null), got {fisher_batch_size}")
+        self.fisher, self.fisher_batch_size, self.rearrange = fisher, fisher_batch_size, rearrange
+        self.tune, self.on_failure = tune, on_failure
 
     def compress_model(self, model: nn.Module, family, calib: InputBatches, device: torch.device,
                        batch_size: int = 8) -> nn.Module:
@@ -160,22 +239,35 @@ class Kwon(EncoderPruning):
         S = self.seq_len
         head_flops, neuron_flops = unit_flops(model, S)
         full = encoder_flops(model, family, S)
-        gh, gn = per_sample_mask_gradients(model, family, batches, L, H, N, device)
-        hm, nm = search_masks(gh.pow(2).mean(0), gn.pow(2).mean(0), head_flops, neuron_flops,
-                              (1 - self.flops_rate) * full)
-        if self.do_rearrange:
+        if self.fisher == "batch":
+            fb = self.fisher_batch_size or (12 if hasattr(model, "qa_outputs") else 32)   # the reference's sizes
+            gh, gn = minibatch_mask_gradients(model, family, batches, L, H, N, device, fb)
+        else:
+            gh, gn = per_sample_mask_gradients(model, family, batches, L, H, N, device)
+        budget = (1 - self.flops_rate) * full
+        hm, nm = search_masks(gh.pow(2).sum(0), gn.pow(2).sum(0), head_flops, neuron_flops, budget)
+        if self.rearrange == "greedy":
+            hm = torch.stack([greedy_rearrange(hm[i], gh[:, i]) for i in range(L)])
+            nm = torch.stack([greedy_rearrange(nm[i], gn[:, i]) for i in range(L)])
+        elif self.rearrange == "swap":
             hm = torch.stack([rearrange(hm[i], gh[:, i]) for i in range(L)])
             nm = torch.stack([rearrange(nm[i], gn[:, i]) for i in range(L)])
         binary = (hm.clone(), nm.clone())
-        if self.do_tune:
+        tuning: dict[str, Any] = {}
+        if self.tune == "reference":
+            teacher = search_masks(gh.pow(2).sum(0), gn.pow(2).sum(0), head_flops, neuron_flops,
+                                   math.sqrt(1 - self.flops_rate) * full)
+            hm, nm, tuning = tune_like_reference(model, family, batches, device, teacher, (hm, nm), self.on_failure)
+        elif self.tune == "dense":
             stats = layer_contributions(model, family, batches, device)
             hm = torch.stack([least_squares_mask(s["head_gram"], s["head_target"], hm[i]) for i, s in enumerate(stats)])
             nm = torch.stack([least_squares_mask(s["neuron_gram"], s["neuron_target"], nm[i])
                               for i, s in enumerate(stats)])
         prune_with_masks(model, family, hm, nm)
         self.facts = {"flops_before": full, "flops_after": encoder_flops(model, family, S), "seq_len_for_flops": S,
-                      "heads_kept": binary[0].sum(1).int().tolist(), "neurons_kept": binary[1].sum(1).int().tolist()}
+                      "heads_kept": binary[0].sum(1).int().tolist(), "neurons_kept": binary[1].sum(1).int().tolist(),
+                      "fisher_samples": int(gh.shape[0]), **({"tuning": tuning} if tuning else {})}
         return model
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "rearrange": self.do_rearrange, "tune": self.do_tune}
+        return {**super().summary(), "fisher": self.fisher, "rearrange": self.rearrange, "tune": self.tune}
