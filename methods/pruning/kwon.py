@@ -37,7 +37,7 @@ from methods.core.base import TableRow, register
 from methods.core.calibration import InputBatches, model_inputs
 from methods.core.hooks import forward_hooks
 from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, masks_applied, prune_with_masks,
-                                           unit_flops)
+                                           rebatch, reference_batch_size, unit_flops)
 from methods.pruning.mask_tuning import tune_like_reference
 from methods.pruning.structure import struct_spec
 
@@ -75,27 +75,6 @@ def minibatch_mask_gradients(model, family, batches, L: int, H: int, N: int, dev
             gh.append(dh.detach().cpu())
             gn.append(dn.detach().cpu())
     return torch.stack(gh), torch.stack(gn)
-
-
-def rebatch(batches: list[dict], size: int) -> list[dict]:
-    """The same samples in mini-batches of `size`, in order (sequences padded with 0 to the longest
-    of each mini-batch where batches differ in length)."""
-    rows: list[dict] = []
-    for b in batches:
-        n = next(iter(b.values())).shape[0]
-        rows += [{k: v[j] for k, v in b.items()} for j in range(n)]
-    out = []
-    for i in range(0, len(rows), size):
-        chunk = rows[i:i + size]
-        merged = {}
-        for k in chunk[0]:
-            vals = [r[k] for r in chunk]
-            if vals[0].dim() == 1:
-                width = max(v.shape[0] for v in vals)
-                vals = [torch.nn.functional.pad(v, (0, width - v.shape[0])) for v in vals]
-            merged[k] = torch.stack(vals)
-        out.append(merged)
-    return out
 
 
 def greedy_rearrange(mask: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -240,7 +219,7 @@ class Kwon(EncoderPruning):
         head_flops, neuron_flops = unit_flops(model, S)
         full = encoder_flops(model, family, S)
         if self.fisher == "batch":
-            fb = self.fisher_batch_size or (12 if hasattr(model, "qa_outputs") else 32)   # the reference's sizes
+            fb = self.fisher_batch_size or reference_batch_size(model)
             gh, gn = minibatch_mask_gradients(model, family, batches, L, H, N, device, fb)
         else:
             gh, gn = per_sample_mask_gradients(model, family, batches, L, H, N, device)
