@@ -41,6 +41,7 @@ from methods.core.model_facts import measure
 from methods.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("compbench")
+DEFAULT_THREADS = torch.get_num_threads()   # torch's own choice for this machine, read at import
 
 
 @dataclass
@@ -78,8 +79,9 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
     """Check everything that can be checked without loading weights or data."""
     cfg = copy.deepcopy(cfg)
     check(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    # every run sets its own thread count (null: torch's default for this machine), so that one run
+    # of a multirun cannot leave its setting to the next; the count is part of the identity
+    torch.set_num_threads(int(cfg.get("threads") or DEFAULT_THREADS))
     mcfg = dict(cfg["method"])
     name = mcfg.pop("name")
     try:
@@ -121,8 +123,6 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
 
 class _Held:
     """The lock a dense run already holds (its own record is the baseline)."""
-
-    waited = False
 
     def __enter__(self) -> "_Held":
         return self
@@ -285,8 +285,9 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
     dense = None if p.is_dense and force else _usable_dense(p, store)
     if dense is None:
         # the dense baseline is shared by every run of this model and protocol: one job evaluates it
-        with RecordLock(store.dir / f"{p.dense_rid}.lock") if not p.is_dense else _Held() as lock:
-            dense = _usable_dense(p, store) if lock.waited else None
+        with RecordLock(store.dir / f"{p.dense_rid}.lock") if not p.is_dense else _Held():
+            # checked again under the lock: another job may have written it since the first look
+            dense = None if p.is_dense and force else _usable_dense(p, store)
             if dense is None:
                 dense = _dense_baseline(p, store, loaded, t_load.seconds)
             else:

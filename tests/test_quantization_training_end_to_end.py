@@ -51,7 +51,12 @@ def test_qlora_lowers_perplexity_relative_to_nf4_without_adaptors(tmp_path):
     qlora = run(base_config(tmp_path, method="qlora", **common, **{"method.r": 8, "train": "cpu_short",
                                                                    "train.steps": 20, "train.batch_size": 4,
                                                                    "train.lr": 1e-3, "train.checkpoint_every": 0}))
-    assert qlora["identity"]["train_text"]["path"].endswith("valid.txt")    # never the test split
+    # trained on the WikiText-2 valid text, never the test split: by name in the config, by content in the identity
+    from conftest import DATA_ROOT
+    from eval.identity import file_sha256
+    assert qlora["config"]["task"]["train_text"]["path"].endswith("valid.txt")
+    valid, test = (file_sha256(DATA_ROOT / f) for f in ("wikitext-2-tokens/valid.txt", "wikitext-2-raw/wiki.test.raw"))
+    assert qlora["identity"]["train_text"]["data"]["train_text"]["sha256"] == valid != test
     assert qlora["compression"]["comp_rate"] == pytest.approx(0.875)
     ppl = {name: r["metrics"]["wikitext2"]["ppl"] for name, r in (("nf4", nf4), ("qlora", qlora))}
     assert ppl["qlora"] < ppl["nf4"] - 1, ppl

@@ -108,7 +108,8 @@ def compare(args) -> None:
         remove_units(blk, spec, units(blk, spec, hd), drop_h, drop_n)
     missing, unexpected = theirs.load_state_dict(ref["state_dict"], strict=False)
     print(f"reference weights loaded (missing {len(missing)}, unexpected {len(unexpected)} keys)")
-    print(f"kept (heads, neurons) per layer: compbench {layer_shapes(ours, fam)}; reference {layer_shapes(theirs, fam)}")
+    print(f"kept (heads, neurons) per layer: compbench {layer_shapes(ours, fam)}; "
+          f"reference {layer_shapes(theirs, fam)}")
     for name, m in (("compbench", ours), ("reference", theirs)):
         ev = p.task.evaluate(Loaded(m, loaded.tokenizer, fam), dev, f"kprune-{name}")
         print(f"{name}: F1 {ev.headline:.2f}")
