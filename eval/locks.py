@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from eval.records import pid_alive
+
 log = logging.getLogger("compbench")
 
 
@@ -90,15 +92,7 @@ class RecordLock:
         owner = self.owner()
         if owner and owner.get("host") == socket.gethostname():
             pid = int(owner.get("pid", -1))
-            if pid == os.getpid():
-                return False
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-            return False
+            return pid != os.getpid() and not pid_alive(pid)
         if owner is None and age < self.poll_s * 5:
             return False      # being created right now
         return age > self.stale_after_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+log = logging.getLogger("compbench")
 SCHEMA = 2            # 2: identity by content (eval/identity.py), numerics in the identity
 TMP_PREFIX = ".partial-"
 REQUIRED = {"schema": int, "id": str, "identity": dict, "config": dict, "kind": str, "metrics": dict,
@@ -97,7 +99,8 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -149,8 +152,7 @@ class RecordStore:
             return self.load(rid)
         except CorruptRecord as err:
             aside = self.set_aside(rid)
-            import logging
-            logging.getLogger("compbench").warning("record %s is corrupt (%s): kept as %s, redoing it",
+            log.warning("record %s is corrupt (%s): kept as %s, redoing it",
                                                    rid, err.reason, aside.name)
             return None
 
@@ -193,7 +195,7 @@ class RecordStore:
             except FileNotFoundError:
                 continue
             if owner is not None and owner[0] == host:
-                stale = owner[1] != os.getpid() and not _pid_alive(owner[1])
+                stale = owner[1] != os.getpid() and not pid_alive(owner[1])
             else:
                 stale = age > max_age_s
             if stale:
