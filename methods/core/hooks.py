@@ -41,3 +41,37 @@ def attach(module: nn.Module, key: str, fn: Hook, pre: bool = True) -> None:
 def attached(module: nn.Module) -> frozenset[str]:
     """The keys of the hooks `attach` keeps on `module`."""
     return frozenset(module.__dict__.get(_PERSISTENT, {}))
+
+_PROBS = "_compbench_probs"
+_PROBS_ATTENTION = "compbench_probs"
+
+
+def _probs_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0,
+                     **_kw):
+    """Eager attention whose probabilities pass through the module's probability hook (if any)
+    before they weight the values."""
+    import torch
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    fn = module.__dict__.get(_PROBS)
+    if fn is not None:
+        weights = fn(weights)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def attach_attention_probs(model: nn.Module, hooks: dict[nn.Module, Hook]) -> None:
+    """Keep `fn(probs) -> probs` on the attention probabilities of each attention module in `hooks`
+    (shape batch × heads × queries × keys): the model switches to an eager attention function
+    that calls them. Hugging Face's attention registry is the only way into the probabilities."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    AttentionInterface.register(_PROBS_ATTENTION, _probs_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_PROBS_ATTENTION, eager_mask)     # the additive mask eager attention adds
+    model.config._attn_implementation = _PROBS_ATTENTION
+    for module, fn in hooks.items():
+        module.__dict__[_PROBS] = fn
