@@ -8,28 +8,15 @@ its checkout (`--ref-src`), not copied.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
-import sys
 
 import torch
-
-
-def cpu_only() -> None:
-    """The reference calls .cuda() everywhere: make it a no-op so it runs on this CPU."""
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
+from refenv import reference_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ref-src", required=True)
-    ap.add_argument("--inputs", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    cpu_only()
-    sys.path.insert(0, args.ref_src)
+    args = reference_args()
     from transformers import AutoModelForQuestionAnswering
     from prune import compute_scores, find_mask, knowledge_reconstruction, kprune  # the reference's
     from utils.capacity import flops_per_head, flops_per_neuron, get_flops

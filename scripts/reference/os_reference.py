@@ -12,17 +12,9 @@ full-precision outputs, `delay_ln` (Gamma Migration), weight observers on the fi
 """
 from __future__ import annotations
 
-import argparse
-import sys
 
 import torch
-
-
-def cpu_only() -> None:
-    """The reference calls .cuda() everywhere: make it a no-op so it runs on this CPU."""
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    torch.cuda.empty_cache = lambda: None
+from refenv import reference_args
 
 
 def qconfig(bits: int):
@@ -43,13 +35,7 @@ def act_qparams(model) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ref-src", required=True)
-    ap.add_argument("--inputs", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    cpu_only()
-    sys.path.insert(0, args.ref_src)
+    args = reference_args()
     from easydict import EasyDict
     from transformers import AutoModelForQuestionAnswering
 
