@@ -313,6 +313,8 @@ class OutlierSuppression(QuantLedger, ModelMethod):
     def observe(self, model, batches, device) -> None:
         """One full-precision pass that records every quantizer's token extremes per batch."""
         self.set_mode("observe")
+        for p in self.points:
+            p.quant.stats = []
         for b in batches:
             keep = (b["attention_mask"] == 1).to(device)
             for p in self.points:
