@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
+import torch
 from torch import nn
 
 Hook = Callable
@@ -42,6 +43,7 @@ def attached(module: nn.Module) -> frozenset[str]:
     """The keys of the hooks `attach` keeps on `module`."""
     return frozenset(module.__dict__.get(_PERSISTENT, {}))
 
+
 _PROBS = "_compbench_probs"
 _PROBS_ATTENTION = "compbench_probs"
 
@@ -50,7 +52,6 @@ def _probs_attention(module: nn.Module, query, key, value, attention_mask, scali
                      **_kw):
     """Eager attention whose probabilities pass through the module's probability hook (if any)
     before they weight the values."""
-    import torch
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
