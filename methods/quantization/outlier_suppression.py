@@ -170,11 +170,12 @@ class ActQuantizer:
 @dataclass
 class Point:
     """Where one quantizer sits: a module's output (`post`) or input, or an attention module's
-    probabilities; `gamma` marks a migrated LayerNorm."""
+    probabilities; `gamma` marks a migrated LayerNorm and `readers` the linears that read it."""
     quant: ActQuantizer
     module: nn.Module
     where: str                                  # post | pre | probs
     gamma: torch.Tensor | None = None
+    readers: tuple[nn.Module, ...] = ()
 
 
 def safe_gamma(norm: nn.Module) -> torch.Tensor:
@@ -236,11 +237,16 @@ class OutlierSuppression(QuantLedger, ModelMethod):
         def act(name, prune=True, tokens=tokens_bld):
             return ActQuantizer(name, bits, prune, tokens)
 
-        def norm(name, ln, migrated):
-            return Point(act(name), ln, "post", safe_gamma(ln) if migrated and self.migrate else None)
+        def norm(name, ln, readers):
+            if not (readers and self.migrate):
+                return Point(act(name), ln, "post")
+            return Point(act(name), ln, "post", safe_gamma(ln), tuple(readers))
+
+        def qkv(b):
+            return [b.attention.self.query, b.attention.self.key, b.attention.self.value]
 
         emb_norm = next(m for n, m in model.named_modules() if n.endswith("embeddings.LayerNorm"))
-        points = [norm("embeddings.LayerNorm", emb_norm, True)]
+        points = [norm("embeddings.LayerNorm", emb_norm, qkv(blocks[0]))]
         for i, b in enumerate(blocks):
             att = b.attention.self
             if full:
@@ -248,11 +254,11 @@ class OutlierSuppression(QuantLedger, ModelMethod):
                            for n in ("query", "key", "value")]
                 points.append(Point(act(f"{i}.attention.probs", prune=False, tokens=tokens_probs), att, "probs"))
             points.append(Point(act(f"{i}.attention.output.dense"), b.attention.output.dense, "pre"))
-            points.append(norm(f"{i}.attention.output.LayerNorm", b.attention.output.LayerNorm, True))
+            points.append(norm(f"{i}.attention.output.LayerNorm", b.attention.output.LayerNorm, [b.intermediate.dense]))
             points.append(Point(act(f"{i}.output.dense"), b.output.dense, "pre"))
             last = i + 1 == len(blocks)
             if not last or (full and is_qa(model)):
-                points.append(norm(f"{i}.output.LayerNorm", b.output.LayerNorm, not last))
+                points.append(norm(f"{i}.output.LayerNorm", b.output.LayerNorm, [] if last else qkv(blocks[i + 1])))
         if full and not is_qa(model) and getattr(getattr(model, "bert", None), "pooler", None) is not None:
             points.append(Point(act("pooler.dense", prune=False), model.bert.pooler.dense, "pre"))
             points.append(Point(act("classifier", prune=False), model.classifier, "pre"))
@@ -400,7 +406,7 @@ class OutlierSuppression(QuantLedger, ModelMethod):
         """Per-channel symmetric min-max. A migrated reader quantizes W·diag(γ) and keeps
         Q(W·γ)/γ, since its LayerNorm hook hands it Q(x')·γ. `scope: reference` also quantizes
         the embeddings (per row) and the head's linears."""
-        migrated = {id(r): p.gamma for p in self.points if p.gamma is not None for r in self.readers(p, family, model)}
+        migrated = {id(r): p.gamma for p in self.points for r in p.readers}
 
         def quantize(W: torch.Tensor, g: torch.Tensor | None) -> None:
             Wm = W.float() * g.to(W.device) if g is not None else W.float()
@@ -418,18 +424,6 @@ class OutlierSuppression(QuantLedger, ModelMethod):
                 if isinstance(mod, nn.Embedding) or (head and isinstance(mod, nn.Linear)):
                     quantize(mod.weight.data, None)
                     self.account(-1, name, rows=mod.weight.shape[0], cols=mod.weight.shape[1])
-
-    def readers(self, p: Point, family, model) -> list[nn.Module]:
-        """The linears that read a migrated LayerNorm: Q, K, V of the next block, or the FFN input."""
-        blocks = family.blocks(model)
-        qkv = lambda b: [b.attention.self.query, b.attention.self.key, b.attention.self.value]  # noqa: E731
-        name = p.quant.name
-        if name == "embeddings.LayerNorm":
-            return qkv(blocks[0])
-        i = int(name.split(".")[0])
-        if name.endswith("attention.output.LayerNorm"):
-            return [blocks[i].intermediate.dense]
-        return qkv(blocks[i + 1])
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "abits": self.abits, "act_mode": "per_tensor_static_asym", "scope": self.scope,

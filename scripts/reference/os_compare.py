@@ -152,7 +152,7 @@ def compare(args) -> None:
           f"(learning losses per epoch {[round(v, 4) for v in f['learn_losses']]})")
 
     # quantized weights (the reference holds W·γ for migrated readers)
-    gam = {id(r): pt.gamma for pt in method.points if pt.gamma is not None for r in method.readers(pt, fam, ours)}
+    gam = {id(r): pt.gamma for pt in method.points for r in pt.readers}
     mods = dict(ours.named_modules())
     wd = []
     for name, w_ref in ref["weights"].items():
