@@ -116,11 +116,17 @@ table7: model
 	$(PY) scripts/run.py +sweep=table7 method=lora,adalora $(ENCODER) $(TRAINED) train.lr=5e-4 $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table7] $(filter paths.results=%,$(ENCODER))
 
+# The tiers (tests/conftest.py): `test-fast` is the unit tier (no model through the pipeline, under
+# 3 minutes on 2 cores); `test` is every tier, e2e and claims included (under 12 minutes; CI runs it).
+# Both print the wall time and the 15 slowest tests; ARGS passes pytest options (e.g. ARGS="-m claims").
+PYTEST = start=$$(date +%s); $(PY) -m pytest -q --durations=15 $(1) $(ARGS); rc=$$?; \
+	echo "wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
+
 test: model
-	$(PY) -m pytest -q --durations=15
+	@$(call PYTEST,)
 
 test-fast: model
-	$(PY) -m pytest -q -m "not slow"
+	@$(call PYTEST,-m "not e2e and not claims")
 
 # what every target runs with (HUB=1: online)
 show-env:

@@ -303,9 +303,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {**environment(device), "profile": name, "settings": OmegaConf.to_container(prof)}
     dtypes = sorted({*prof.dense_dtypes, prof.act_dtype, "float32"})
-    report["ceilings"] = {"matmul_flops": {**{d: matmul_peak(str(device), DTYPES[d]) for d in dtypes},
-                                           "int8": matmul_peak(str(device), torch.int8)},
-                          "copy_bytes_per_s": copy_bandwidth(str(device))}
+    size = prof.get("ceiling_size")    # null: matmul_peak's own size (past the cache-bound sizes)
+    report["ceilings"] = {"matmul_flops": {**{d: matmul_peak(str(device), DTYPES[d], size) for d in dtypes},
+                                           "int8": matmul_peak(str(device), torch.int8, size)},
+                          "matmul_size": size, "copy_bytes_per_s": copy_bandwidth(str(device))}
     print(f"{report['device']}: peak " + ", ".join(f"{d} {v / 1e12:.2f} TFLOP/s" for d, v in
                                                   report["ceilings"]["matmul_flops"].items())
           + f", copy {report['ceilings']['copy_bytes_per_s'] / 1e9:.1f} GB/s", flush=True)

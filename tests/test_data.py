@@ -25,7 +25,8 @@ def test_local_wikitext2_rows_rejoin_to_the_file(data_root):
 
 def test_local_file_equals_hub_style_dataset(data_root, tmp_path):
     """The same rows in the Hub's parquet layout, loaded by `datasets`, give the identical string."""
-    datasets = pytest.importorskip("datasets")
+    from conftest import require_package
+    datasets = require_package("datasets")
     src = data.DataSource.from_config(data_root, offline=True)
     rows = data.wikitext2_rows(src, "test")
     ds = datasets.Dataset.from_dict({"text": rows})

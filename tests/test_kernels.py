@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import require_package
 from kernels.formats import CSR, Int4, Int8, Packed, Residual, Semi24, is_24
 from kernels.linear import KernelLinear
 from methods.quantization.quantizer import QuantizedTensor, QuantSpec, pack, quantize_weight, unpack
@@ -119,7 +120,7 @@ def test_packed_matches_the_dequantized_codes_in_torch_and_triton(bits, group, m
     eager = Packed(qt, "cpu", torch.float32)
     assert eager.backend == "torch-dequant"
     assert rel(eager.matmul(x), ref) < FP32_TOL
-    pytest.importorskip("triton")
+    require_package("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kernel = Packed(qt, "cpu", torch.float32)
     assert kernel.backend.startswith("triton")
@@ -134,7 +135,7 @@ def test_packed_matches_the_dequantized_codes_in_torch_and_triton(bits, group, m
 def test_triton_kernel_reads_the_group_of_every_column():
     """A g_idx that puts column k in group (k mod G) must scale every column by its own group:
     a kernel that assumed runs of group_size columns would be off by whole scales."""
-    pytest.importorskip("triton")
+    require_package("triton")
     from kernels.triton_packed import packed_matmul
     qt = codes(20, 48, 4, 16)
     scale = torch.tensor([[1.0, 10.0, 100.0]]).repeat(20, 1)
@@ -245,7 +246,7 @@ def test_convert_refuses_a_model_without_codes(tiny):
         convert(copy.deepcopy(tiny.model), record)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(tmp_path):
     """The pipeline's kernel stage: GPTQ W4 g128 on the tiny Llama, the linears swapped for the
     int4 CPU kernel, perplexity on 4 windows within 1e-4 (relative) of the fake-quantized model's."""
@@ -265,9 +266,14 @@ def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(
 
 
 # ---- the benchmark and the tables' Speedup cells ----------------------------------------------------
-def test_bench_smoke_writes_a_valid_results_file(tmp_path):
+@pytest.mark.e2e
+def test_bench_smoke_writes_a_valid_results_file(tmp_path, monkeypatch):
     """The CI-sized profile: every layer case checked against its reference, ceilings measured,
-    the end-to-end entries of the tiny Llama written."""
+    the end-to-end entries of the tiny Llama written. Run as `make bench-kernels` runs on a CPU:
+    without Triton's interpreter (the packed format takes its torch fallback; the Triton kernel
+    itself is checked against the dequantized codes above, where the interpreter costs seconds
+    per call, not minutes of timing repeats)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     import json
 
     from hydra import compose, initialize_config_dir
@@ -322,7 +328,7 @@ def test_a_2_4_record_on_a_cpu_shows_the_csr_figure_it_runs_as():
     assert speedup_of({**rec, "hardware": {"device": "cuda", "name": "H200"}}, KernelFigures([rep])) is None
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_convert_smoothquant_w8a8_runs_the_int8_product_and_scores_alike(tmp_path):
     from conftest import base_config
     from eval.pipeline import run

@@ -88,6 +88,7 @@ def test_forward_hooks_are_removed_even_when_the_forward_fails():
     assert len(seen) == 1 and not layer._forward_pre_hooks
 
 
+@pytest.mark.e2e
 def test_a_newcomers_methods_run_and_appear_in_their_table(make_config):
     """One module (tests/newcomer/toy_methods.py) and one config file each; no other change."""
     import importlib.util

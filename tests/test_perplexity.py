@@ -33,7 +33,7 @@ def test_perplexity_equals_direct_mean_nll(tiny, data_root):
         pytest.approx(got["ppl"], rel=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dense_wikitext2_perplexity_matches_the_model_card(tiny, data_root):
     """The tiny model's README: 152.79 over 749 windows of 512 tokens (GPTQ protocol)."""
     src = data.DataSource.from_config(data_root, offline=True)

@@ -9,14 +9,14 @@ from eval.records import RecordStore
 from eval.pipeline import run
 from tables.build import TABLES, build_table, write
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 SUBSET = {"eval.max_windows": 100, "calib.nsamples": 32}  # the same 100 windows for dense and methods
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
+def results(shared_results):
+    return shared_results   # the full-protocol dense record is the pruning grid's (test_end_to_end.py)
 
 
 def _ppl(rec):
@@ -60,11 +60,12 @@ def test_sparsegpt_then_gptq_composes(results):
 
 
 def test_table5_holds_reported_and_reproduced_rows(results, tmp_path):
-    if not any(r["kind"] == "compressed" for r in RecordStore(results)):
-        run(base_config(results, method="rtn", **SUBSET))
-    csv, _ = write(TABLES["table5"], build_table(TABLES["table5"], RecordStore(results)), tmp_path)
+    # the 8-bit records of the test above (reused: same configs), or made here when run alone
+    mine = [run(base_config(results, method=m, **{"method.wbits": 8}, **SUBSET)) for m in ("rtn", "gptq")]
+    records = [*mine, RecordStore(results).load(mine[0]["dense_id"])]
+    csv, _ = write(TABLES["table5"], build_table(TABLES["table5"], records), tmp_path)
     table = pd.read_csv(csv)
     assert (table["source"] == "reported").sum() == 14
     repro = table[table["source"] == "reproduced"]
-    assert len(repro) >= 1 and set(repro["plm"]) == {"tiny-llama-wt2"}
+    assert sorted(repro["record"]) == sorted(r["id"] for r in mine) and set(repro["plm"]) == {"tiny-llama-wt2"}
     assert repro["record"].notna().all() and repro["bits"].str.startswith("W").all()

@@ -297,6 +297,7 @@ def test_kmeans_and_channel_clusters_partition_the_channels():
         assert lo <= xmin[idx].min() + scale[idx][0] and hi >= xmax[idx].max() - scale[idx][0]   # zero rounds
 
 
+@pytest.mark.e2e
 def test_rptq_at_8_bits_is_close_to_the_full_precision_model(tiny, data_root):
     """W8A8 with per-cluster activation ranges: logits on calibration windows within 3% (relative
     Frobenius error) of the fp32 model; clustering beats one range per tensor (one cluster)."""

@@ -52,6 +52,7 @@ def test_identity_separates_what_changes_numbers(make_config):
     assert "calib" not in plan(make_config(method="magnitude")).identity
 
 
+@pytest.mark.e2e
 def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
     cfg = make_config(method="wanda", **{"eval.max_windows": 3, "calib.nsamples": 8})
     rec = run(cfg)
@@ -72,6 +73,7 @@ def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
     assert run(cfg)["created"] == rec["created"]  # existing record: skipped, not redone
 
 
+@pytest.mark.e2e
 def test_owl_allocates_layerwise_sparsity_with_the_target_mean(make_config):
     rec = run(make_config(method="owl_wanda", **{"method.sparsity": 0.7, "eval.max_windows": 2,
                                                 "calib.nsamples": 8}))
@@ -85,6 +87,7 @@ def test_owl_allocates_layerwise_sparsity_with_the_target_mean(make_config):
         assert got == pytest.approx(want, abs=0.005)  # Wanda: int(cols * s) per row
 
 
+@pytest.mark.e2e
 def test_a_dense_record_off_the_schema_is_set_aside_and_evaluated_again(make_config):
     cfg = make_config(method="magnitude", **{"eval.max_windows": 2})
     rec = run(cfg)

@@ -41,6 +41,7 @@ def _results(results: Path) -> dict[str, dict]:
     return {r["id"]: {k: r[k] for k in ("metrics", "compression", "kind", "identity")} for r in RecordStore(results)}
 
 
+@pytest.mark.e2e
 def test_joblib_and_submitit_sweeps_write_the_serial_sweeps_records(tmp_path):
     _sweep(tmp_path / "serial")
     serial = _results(tmp_path / "serial")
@@ -52,6 +53,7 @@ def test_joblib_and_submitit_sweeps_write_the_serial_sweeps_records(tmp_path):
     assert list((tmp_path / "submitit" / "hydra").glob("multirun-*/.submitit"))   # it went through submitit
 
 
+@pytest.mark.e2e
 def test_two_processes_on_one_config_do_the_work_once(tmp_path):
     results = tmp_path / "results"
     cmd = [*RUN, "method=magnitude", "eval.max_windows=2", "threads=1", "progress=false",
@@ -84,6 +86,7 @@ run(base_config({results!r}, **{over!r}))
 """
 
 
+@pytest.mark.e2e
 def test_sigkill_at_the_rename_leaves_the_old_state_and_the_next_run_resumes(tmp_path, make_config):
     over = {"method": "magnitude", "eval.max_windows": 2, "threads": 1}
     results = tmp_path / "results"
@@ -102,6 +105,7 @@ def test_sigkill_at_the_rename_leaves_the_old_state_and_the_next_run_resumes(tmp
     assert not list(store.dir.glob(".partial-*")) and not list(store.dir.glob("*.lock"))
 
 
+@pytest.mark.e2e
 def test_a_corrupt_record_of_the_run_itself_is_redone_and_kept_aside(make_config):
     cfg = make_config(method="magnitude", **{"eval.max_windows": 2})
     rec = run(cfg)

@@ -142,6 +142,7 @@ def test_structured_pruning_refuses_unknown_families(make_config, tmp_path):
         plan(make_config(method="llm_pruner", **{"model.path": str(tmp_path)}))
 
 
+@pytest.mark.e2e
 def test_llm_pruner_prunes_gpt2_through_its_unfused_attention(make_config, tmp_path, tiny_path):
     from transformers import GPT2Config
 
@@ -173,6 +174,7 @@ metric_list:
 """
 
 
+@pytest.mark.e2e
 def test_lm_eval_bridge_scores_a_local_task_like_a_direct_computation(tiny, data_root, tmp_path):
     from eval.zeroshot import zeroshot
 
@@ -209,7 +211,7 @@ def test_offline_standard_tasks_fail_plainly(make_config):
         plan(make_config(**{"eval.zeroshot.tasks": "[boolq]"}))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(tmp_path):
     from conftest import base_config
     from eval.records import RecordStore

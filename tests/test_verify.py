@@ -51,7 +51,7 @@ def test_rows_that_cannot_run_here_say_why(tmp_path):
     assert wanda.status == "cannot run here" and "Hub" in wanda.why   # offline: the model is not reachable
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_claim_is_reproduced_or_not_on_the_tiny_model(tmp_path):
     extra = [f"paths.data_root={DATA_ROOT}", "progress=false"]
     run = "model=tiny_llama method=gptq method.wbits=4 method.group_size=128 eval.max_windows=4 calib.nsamples=16"
