@@ -2,11 +2,12 @@
 (linked by `make model`), and the test tiers.
 
 Tiers (pyproject's markers): unmarked tests are the unit tier (`make test-fast`); `e2e` tests run
-a model through the pipeline, `claims` tests check that A beats B after N steps (`make test` runs
-all three). A unit test that starts a pipeline run fails and says to mark it.
+a real model end to end (the pipeline, a whole method, the trainer or lm-eval), `claims` tests
+check that A beats B after N steps (`make test` runs all three). A unit test that starts a
+pipeline run fails and says to mark it.
 
-End-to-end tests share one results folder per test run (`shared_results`) and one set of task
-settings per model (ENCODER, LM), so the harness's own reuse evaluates each dense baseline once."""
+End-to-end tests share one results folder per test run (`shared_results`) and the encoder's
+plumbing settings (ENCODER), so the harness's own reuse evaluates each dense baseline once."""
 from __future__ import annotations
 
 import importlib
@@ -144,8 +145,6 @@ ENCODER = {"model": "minilm", "task": "squad_dev_split", "model.finetuned": str(
            "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 32}
 # Claims compare two trained models: 200 evaluation examples, so that a margin is more than a few answers.
 ENCODER_CLAIMS = {**ENCODER, "task.max_eval_examples": 200}
-# The tiny Llama's plumbing settings: 4 windows, 16 calibration windows.
-LM = {"eval.max_windows": 4, "calib.nsamples": 16}
 # The seed of the claims tests (seed and train.seed), so that their margins can be checked at other
 # seeds: `CLAIMS_SEED=1 make test ARGS="-m claims"`.
 CLAIMS_SEED = int(os.environ.get("CLAIMS_SEED", "0"))
