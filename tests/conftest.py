@@ -139,6 +139,11 @@ def require_minilm_teacher() -> Path:
 
 
 # ---- shared end-to-end settings -------------------------------------------------------------------
+# The decoder comparison settings: the first 32 windows of the WikiText-2 test stream (the GPTQ
+# protocol's windows, a prefix) and 32 calibration windows; one dense record at these settings
+# serves every e2e decoder comparison. The whole protocol (749 windows) is checked once, on the
+# dense model (test_end_to_end.py).
+DECODER = {"eval.max_windows": 32, "calib.nsamples": 32}
 # The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples and 32
 # calibration features reach every stage; one dense baseline serves every e2e module that uses them.
 ENCODER = {"model": "minilm", "task": "squad_dev_split", "model.finetuned": str(MINILM_TEACHER),

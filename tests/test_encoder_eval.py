@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from eval import glue, squad
 from eval.data import DataSource
@@ -110,3 +111,38 @@ def test_qa_features_place_every_answer_and_decode_back(data_root, minilm_tokeni
     preds = decode(examples, feats, start, end)
     assert preds == {examples[i].id: text for i, text in spans.items()}
     assert squad.evaluate(examples, preds)["exact_match"] > 95  # the rest: answers inside a word piece
+
+
+def test_training_features_are_tokenised_once_per_process_and_equal_a_direct_tokenisation(data_root, monkeypatch):
+    """The training split's QA features are memoised per (task, data, tokenizer, length, stride):
+    a second run draws the same batches without tokenising again; another length tokenises anew."""
+    from transformers import AutoTokenizer
+
+    from conftest import minilm_path
+    from eval.qa_features import prepare_features
+    from eval.tasks import encoder
+    from eval.tasks.squad import SQuADDevSplit
+
+    examples = squad.squad_dev_split(squad.load_squad(DataSource.from_config(data_root, offline=True)))[0][:12]
+    monkeypatch.setattr(encoder, "_TRAIN_FEATURES", {})
+    monkeypatch.setattr(SQuADDevSplit, "train_examples", lambda self: examples)
+    calls = []
+    monkeypatch.setattr(encoder, "prepare_features", lambda *a, **k: calls.append(a[2]) or prepare_features(*a, **k))
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+
+    def task(max_length):
+        cfg = {"task": {"name": "squad_dev_split", "max_length": max_length, "doc_stride": 32},
+               "paths": {"data_root": str(data_root)}, "offline": True}
+        return SQuADDevSplit(cfg)
+
+    first = task(64).training_batches(tok, 4, seed=3)
+    again = task(64).training_batches(tok, 4, seed=3)
+    assert calls == [64]
+    direct = prepare_features(examples, tok, 64, 32, with_targets=True)
+    order = list(range(direct.input_ids.shape[0]))
+    random.Random(3).shuffle(order)
+    for got in (first, again):
+        assert torch.equal(torch.cat([x["input_ids"] for x in got]), direct.input_ids[order])
+        assert torch.equal(torch.cat([x["start_positions"] for x in got]), direct.start_positions[order])
+    task(96).training_batches(tok, 4, seed=3)
+    assert calls == [64, 96]

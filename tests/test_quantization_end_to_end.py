@@ -4,29 +4,29 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import base_config
+from conftest import DECODER, base_config
 from eval.records import RecordStore
 from eval.pipeline import run
 from tables.build import TABLES, build_table, write
 
 pytestmark = pytest.mark.e2e
 
-SUBSET = {"eval.max_windows": 100, "calib.nsamples": 32}  # the same 100 windows for dense and methods
+SUBSET = DECODER   # the shared decoder settings: the same windows for dense and methods
 
 
 @pytest.fixture(scope="module")
 def results(shared_results):
-    return shared_results   # the full-protocol dense record is the pruning grid's (test_end_to_end.py)
+    return shared_results   # the dense record at SUBSET is the pruning grid's (test_end_to_end.py)
 
 
 def _ppl(rec):
     return rec["metrics"]["wikitext2"]["ppl"]
 
 
-def test_gptq_beats_rtn_at_3_bits_on_the_whole_test_set(results):
-    rtn = run(base_config(results, method="rtn", **{"method.wbits": 3}))
-    gptq = run(base_config(results, method="gptq", **{"method.wbits": 3}))
-    assert rtn["metrics"]["wikitext2"]["windows"] == 749
+def test_gptq_beats_rtn_at_3_bits(results):
+    rtn = run(base_config(results, method="rtn", **{"method.wbits": 3}, **SUBSET))
+    gptq = run(base_config(results, method="gptq", **{"method.wbits": 3}, **SUBSET))
+    assert rtn["metrics"]["wikitext2"]["windows"] == gptq["metrics"]["wikitext2"]["windows"] == 32
     assert _ppl(gptq) < _ppl(rtn)
     # the table's rate: OPTQ's nominal 3 bits against fp16 (the preset's nominal_base); the full
     # overhead beside it: 3-bit codes + an fp16 scale and zero per output row (per block 2,656 rows,

@@ -212,24 +212,25 @@ def test_offline_standard_tasks_fail_plainly(make_config):
 
 
 @pytest.mark.e2e
-def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(tmp_path):
-    from conftest import base_config
+def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(shared_results):
+    from conftest import DECODER, base_config
     from eval.records import RecordStore
     from eval.pipeline import run
     from tables.build import TABLES, build_table
 
-    results = tmp_path / "results"
-    subset = {"eval.max_windows": 100, "calib.nsamples": 16}
+    results = shared_results     # the dense record of the shared decoder settings
+    subset = {**DECODER, "calib.nsamples": 16}
     taylor = run(base_config(results, method="llm_pruner", **subset))
     magnitude = run(base_config(results, method="struct_magnitude", **subset))
     dropped = run(base_config(results, method="block_drop", **subset))
     ppl = lambda r: r["metrics"]["wikitext2"]["ppl"]  # noqa: E731
     dense = RecordStore(results).load(taylor["dense_id"])
+    assert dense["metrics"]["wikitext2"]["windows"] == DECODER["eval.max_windows"]
     assert ppl(dense) < ppl(taylor) < ppl(magnitude)
     assert taylor["compression"]["comp_rate"] == pytest.approx(0.2, abs=0.001)
     assert taylor["compression"]["comp_rate_no_embeddings"] > taylor["compression"]["comp_rate"]
     assert dropped["compression"]["params_after"] < dropped["compression"]["params_before"]
-    table = build_table(TABLES["table3"], RecordStore(results))
+    table = build_table(TABLES["table3"], [taylor, magnitude, dropped, dense])
     repro = table[table["source"] == "reproduced"].set_index("method")
     assert repro.loc["LLM-Pruner", "granularity"] == "N,H"
     assert repro.loc["Magnitude (N,H)", "ppl_compressed"] == pytest.approx(ppl(magnitude))

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import ENCODER, ENCODER_CLAIMS, SEEDED, base_config, require_minilm_teacher, squad_f1
 
-# 200 steps of 4 features: the claim's budget, kept (the student needs it to learn the task)
-DISTILL = {**ENCODER_CLAIMS, **SEEDED, "train.steps": 200, "train.batch_size": 4, "train.lr": 1e-4,
+# 100 steps of 4 features: the claim's budget (its margin checked at seeds 0, 1 and 2: README)
+STEPS = 100
+DISTILL = {**ENCODER_CLAIMS, **SEEDED, "train.steps": STEPS, "train.batch_size": 4, "train.lr": 1e-4,
            "train.checkpoint_every": 0}
 
 
@@ -38,7 +39,7 @@ def test_distilled_student_beats_the_label_trained_student(distilled, record_pro
     for r in (kd, labels):
         assert r["compression"]["student_layers"] == 3 and r["compression"]["comp_rate"] == 0.5
         assert r["compression"]["init_from_teacher_layers"] == [0, 2, 4]
-        assert r["training"]["steps"] == 200 and r["training"]["samples"] == 800
+        assert r["training"]["steps"] == STEPS and r["training"]["samples"] == 4 * STEPS
     assert kd["identity"]["train"] == labels["identity"]["train"]
     record_property("margin", squad_f1(kd) - squad_f1(labels))           # F1 points; must exceed 1.0
     assert squad_f1(kd) > squad_f1(labels) + 1.0, (squad_f1(kd), squad_f1(labels))

@@ -11,12 +11,13 @@ from typing import Any, ClassVar
 import torch
 
 from eval import glue, models, squad
-from eval.qa_features import decode, prepare_features
+from eval.qa_features import QAFeatures, decode, prepare_features
 from eval.tasks.base import Evaluation, Loaded, Task
 from methods.core.calibration import InputBatches, model_inputs
 
 TIMING_EXAMPLES = 64  # training examples timed per forward pass
 ENCODER_FAMILIES = ("bert", "deberta_v2")
+_TRAIN_FEATURES: dict[tuple, QAFeatures] = {}   # (task, data source, tokenizer, max_length, stride) -> features
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,11 @@ class EncoderTask(Task):
     def training_batches(self, tokenizer, batch_size: int, seed: int, limit: int | None = None,
                          examples: list | None = None) -> list[dict[str, torch.Tensor]]:
         """Shuffled (seeded) batches with targets; `limit` caps the number of features."""
-        examples = self.train_examples() if examples is None else examples
         s = self.settings
         rng = random.Random(seed)
         if self.is_qa:
-            feats = prepare_features(examples, tokenizer, s.max_length, s.doc_stride, with_targets=True)
+            feats = self._train_features(tokenizer) if examples is None else \
+                prepare_features(examples, tokenizer, s.max_length, s.doc_stride, with_targets=True)
             order = list(range(feats.input_ids.shape[0]))
             rng.shuffle(order)
             order = order[:limit] if limit else order
@@ -128,11 +129,23 @@ class EncoderTask(Task):
                     b["token_type_ids"] = feats.token_type_ids[idx]
                 batches.append(b)
             return batches
+        examples = self.train_examples() if examples is None else examples
         order = list(range(len(examples)))
         rng.shuffle(order)
         order = order[:limit] if limit else order
         return [pair_batch([examples[j] for j in order[i:i + batch_size]], tokenizer, s.max_length)
                 for i in range(0, len(order), batch_size)]
+
+    def _train_features(self, tokenizer) -> QAFeatures:
+        """The training split's QA features with targets, tokenised once per process (a sweep's
+        runs and a calibration beside a training run draw from the same features)."""
+        s = self.settings
+        key = (self.name, self.data, getattr(tokenizer, "name_or_path", id(tokenizer)), s.max_length, s.doc_stride)
+        if key not in _TRAIN_FEATURES:
+            f = prepare_features(self.train_examples(), tokenizer, s.max_length, s.doc_stride, with_targets=True)
+            _TRAIN_FEATURES[key] = QAFeatures(f.input_ids, f.attention_mask, f.token_type_ids, f.example_index, [],
+                                              f.start_positions, f.end_positions)
+        return _TRAIN_FEATURES[key]
 
     def calibration(self, loaded: Loaded, seed: int) -> InputBatches:
         return InputBatches(self.training_batches(loaded.tokenizer, self.cfg["engine"]["batch_size"], seed,
