@@ -108,13 +108,19 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
 _EVAL_STREAMS: dict[tuple, torch.Tensor] = {}
 
 
+def tokenizer_key(tokenizer) -> str | int:
+    """What a per-process memo of tokenised data keys a tokenizer by: its source (a local folder
+    or a Hub id), else the object itself."""
+    return getattr(tokenizer, "name_or_path", id(tokenizer))
+
+
 def eval_tokens(name: str, src: DataSource, tokenizer, seqlen: int) -> torch.Tensor:
     """The token stream a perplexity protocol is measured on (memoised per process for sweeps).
 
     wikitext2: the test rows joined with "\\n\\n". c4: the "c4-new" protocol, the first 1,100
     validation documents joined with " ", cut to 256 x seqlen tokens.
     """
-    key = (name, src, getattr(tokenizer, "name_or_path", id(tokenizer)), seqlen)
+    key = (name, src, tokenizer_key(tokenizer), seqlen)
     if key not in _EVAL_STREAMS:
         _EVAL_STREAMS[key] = _eval_tokens(name, src, tokenizer, seqlen)
     return _EVAL_STREAMS[key]

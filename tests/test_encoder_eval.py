@@ -115,7 +115,8 @@ def test_qa_features_place_every_answer_and_decode_back(data_root, minilm_tokeni
 
 def test_training_features_are_tokenised_once_per_process_and_equal_a_direct_tokenisation(data_root, monkeypatch):
     """The training split's QA features are memoised per (task, data, tokenizer, length, stride):
-    a second run draws the same batches without tokenising again; another length tokenises anew."""
+    a second run draws the same batches without tokenising again; another length tokenises anew
+    and replaces them."""
     from transformers import AutoTokenizer
 
     from conftest import minilm_path
@@ -145,4 +146,4 @@ def test_training_features_are_tokenised_once_per_process_and_equal_a_direct_tok
         assert torch.equal(torch.cat([x["input_ids"] for x in got]), direct.input_ids[order])
         assert torch.equal(torch.cat([x["start_positions"] for x in got]), direct.start_positions[order])
     task(96).training_batches(tok, 4, seed=3)
-    assert calls == [64, 96]
+    assert calls == [64, 96] and len(encoder._TRAIN_FEATURES) == 1   # one split held at a time

@@ -11,12 +11,10 @@ from tables.build import TABLES, build_table, write
 
 pytestmark = pytest.mark.e2e
 
-SUBSET = DECODER   # the shared decoder settings: the same windows for dense and methods
-
 
 @pytest.fixture(scope="module")
 def results(shared_results):
-    return shared_results   # the dense record at SUBSET is the pruning grid's (test_end_to_end.py)
+    return shared_results   # the dense record at DECODER is the pruning grid's (test_end_to_end.py)
 
 
 def _ppl(rec):
@@ -24,8 +22,8 @@ def _ppl(rec):
 
 
 def test_gptq_beats_rtn_at_3_bits(results):
-    rtn = run(base_config(results, method="rtn", **{"method.wbits": 3}, **SUBSET))
-    gptq = run(base_config(results, method="gptq", **{"method.wbits": 3}, **SUBSET))
+    rtn = run(base_config(results, method="rtn", **{"method.wbits": 3}, **DECODER))
+    gptq = run(base_config(results, method="gptq", **{"method.wbits": 3}, **DECODER))
     assert rtn["metrics"]["wikitext2"]["windows"] == gptq["metrics"]["wikitext2"]["windows"] == 32
     assert _ppl(gptq) < _ppl(rtn)
     # the table's rate: OPTQ's nominal 3 bits against fp16 (the preset's nominal_base); the full
@@ -37,21 +35,21 @@ def test_gptq_beats_rtn_at_3_bits(results):
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "smoothquant", "owq", "spqr", "squeezellm", "zeroquant"])
 def test_every_method_at_8_bits_is_within_1_percent_of_dense(results, method):
-    rec = run(base_config(results, method=method, **{"method.wbits": 8}, **SUBSET))
+    rec = run(base_config(results, method=method, **{"method.wbits": 8}, **DECODER))
     dense = RecordStore(results).load(rec["dense_id"])
     assert rec["compression"]["wbits"] == 8
     assert abs(_ppl(rec) / _ppl(dense) - 1) < 0.01, (_ppl(rec), _ppl(dense))
 
 
 def test_nf4_is_close_to_dense(results):
-    rec = run(base_config(results, method="nf4", **SUBSET))
+    rec = run(base_config(results, method="nf4", **DECODER))
     dense = RecordStore(results).load(rec["dense_id"])
     assert rec["compression"]["bits_per_weight"] == pytest.approx(4.129, abs=0.002)
     assert abs(_ppl(rec) / _ppl(dense) - 1) < 0.02
 
 
 def test_sparsegpt_then_gptq_composes(results):
-    rec = run(base_config(results, method="sparsegpt_gptq", **SUBSET))
+    rec = run(base_config(results, method="sparsegpt_gptq", **DECODER))
     comp = rec["compression"]
     assert comp["steps"] == ["sparsegpt", "gptq"] and comp["wbits"] == 4
     assert comp["linear_sparsity"] >= 0.5  # pruned weights stayed zero through quantization
@@ -61,7 +59,7 @@ def test_sparsegpt_then_gptq_composes(results):
 
 def test_table5_holds_reported_and_reproduced_rows(results, tmp_path):
     # the 8-bit records of the test above (reused: same configs), or made here when run alone
-    mine = [run(base_config(results, method=m, **{"method.wbits": 8}, **SUBSET)) for m in ("rtn", "gptq")]
+    mine = [run(base_config(results, method=m, **{"method.wbits": 8}, **DECODER)) for m in ("rtn", "gptq")]
     records = [*mine, RecordStore(results).load(mine[0]["dense_id"])]
     csv, _ = write(TABLES["table5"], build_table(TABLES["table5"], records), tmp_path)
     table = pd.read_csv(csv)

@@ -11,13 +11,16 @@ from typing import Any, ClassVar
 import torch
 
 from eval import glue, models, squad
+from eval.data import tokenizer_key
 from eval.qa_features import QAFeatures, decode, prepare_features
 from eval.tasks.base import Evaluation, Loaded, Task
 from methods.core.calibration import InputBatches, model_inputs
 
 TIMING_EXAMPLES = 64  # training examples timed per forward pass
 ENCODER_FAMILIES = ("bert", "deberta_v2")
-_TRAIN_FEATURES: dict[tuple, QAFeatures] = {}   # (task, data source, tokenizer, max_length, stride) -> features
+# the last (task, data source, tokenizer, max_length, stride) tokenised, and its features: one
+# entry, as a full SQuAD training split at 384 tokens holds about 1 GB of ids
+_TRAIN_FEATURES: dict[tuple, QAFeatures] = {}
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,11 @@ class EncoderTask(Task):
         """The training split's QA features with targets, tokenised once per process (a sweep's
         runs and a calibration beside a training run draw from the same features)."""
         s = self.settings
-        key = (self.name, self.data, getattr(tokenizer, "name_or_path", id(tokenizer)), s.max_length, s.doc_stride)
+        key = (self.name, self.data, tokenizer_key(tokenizer), s.max_length, s.doc_stride)
         if key not in _TRAIN_FEATURES:
             f = prepare_features(self.train_examples(), tokenizer, s.max_length, s.doc_stride, with_targets=True)
+            _TRAIN_FEATURES.clear()
+            # training reads ids and targets; the character offsets serve decoding only
             _TRAIN_FEATURES[key] = QAFeatures(f.input_ids, f.attention_mask, f.token_type_ids, f.example_index, [],
                                               f.start_positions, f.end_positions)
         return _TRAIN_FEATURES[key]
