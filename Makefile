@@ -117,7 +117,7 @@ table7: model
 	$(PY) scripts/tables.py print=true tables=[table7] $(filter paths.results=%,$(ENCODER))
 
 # The tiers (tests/conftest.py): `test-fast` is the unit tier (no model through the pipeline; 176 s
-# on 2 idle cores, the goal is 3 minutes); `test` is every tier, e2e and claims included (1,582 s;
+# on 2 idle cores, the goal is 3 minutes); `test` is every tier, e2e and claims included (1,487 s;
 # the goal is 12 minutes; CI runs it).
 # Both print the wall time and the 15 slowest tests; ARGS passes pytest options (e.g. ARGS="-m claims").
 PYTEST = start=$$(date +%s); $(PY) -m pytest -q --durations=15 $(1) $(ARGS); rc=$$?; \
