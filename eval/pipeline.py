@@ -16,18 +16,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import functools
 import logging
 import random
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from eval import provenance
+from eval import provenance, speedup
 from eval.data import DataMissing
 from eval.locks import RecordLock
 from eval.records import RecordStore, record_id
@@ -106,7 +108,7 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
         dense_identity = task.dense_identity(device)
         identity = dense_identity
         if name != "dense":
-            identity = {**dense_identity, "method": cfg["method"], "seed": cfg["seed"]}
+            identity = {**dense_identity, "method": method.identity(), "seed": cfg["seed"]}
             calib = task.calib_identity(method.needs_calibration)
             if calib is not None:
                 identity["calib"] = calib
@@ -114,6 +116,10 @@ def plan(cfg: dict[str, Any]) -> RunPlan:
                 identity["train"] = train.identity()
                 if task.training_identity() is not None:
                     identity["train_text"] = task.training_identity()
+            convert = bool((cfg.get("kernels") or {}).get("convert"))
+            identity["kernels"] = {"convert": convert}
+            if convert or method.physical:
+                identity["timing"] = task.timing_identity()
     except (ConfigError, DataMissing):
         raise
     except (ValueError, FileNotFoundError) as err:
@@ -138,28 +144,39 @@ def seed_everything(seed: int) -> None:
 
 @torch.inference_mode()
 def forward_seconds(*models: torch.nn.Module, batches: list[dict], device: torch.device,
-                    repeats: int = 3) -> list[float]:
-    """Median wall time of one pass of forwards over `batches`, per model: the basis of measured
+                    repeats: int = 5) -> list[list[float]]:
+    """Wall time of every pass of forwards over `batches`, per model: the basis of measured
     speedups (a physically smaller model runs fewer FLOPs; fake-quantized weights are not
-    faster). Several models are timed interleaved, repeat by repeat, so that a load change on
-    the machine hits them alike."""
+    faster). The models are timed interleaved, pass by pass, after one warm-up pass each, so
+    that a load change on the machine hits them alike."""
     times: list[list[float]] = [[] for _ in models]
+    inputs = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
     for m in models:
         m.eval()
+        for b in inputs[:1]:
+            m(**b)
     for _ in range(repeats):
         for model, out in zip(models, times):
             with provenance.Timer() as t:
-                for b in batches:
-                    model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+                for b in inputs:
+                    model(**b)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
             out.append(t.seconds)
-    return [sorted(ts)[len(ts) // 2] for ts in times]
+    return times
 
 
 def _record(p: RunPlan, identity: dict, rid: str, ev: Evaluation, extra: dict) -> dict[str, Any]:
+    """Everything a table, plot or verdict shows of the run, beside its results: the preset it came
+    from, its row in each survey table it belongs to (label, reference, granularity, cost), and
+    the protocol it ran, whole or not."""
+    dense = identity is p.dense_identity
+    method = None if dense else p.method
     return {
         "id": rid, "identity": identity, "config": p.cfg, "task": p.task.name, "role": p.task.role,
+        "preset": "dense" if dense else p.cfg["method"].get("preset", p.cfg["method"]["name"]),
+        "rows": {} if dense else {t: dataclasses.asdict(row) for t, row in method.table_rows().items()},
+        "protocol": p.task.protocol(ev, method, isinstance(method, TrainedMethod)),
         "metrics": ev.metrics, "flags": ev.flags, "seed": p.cfg["seed"], "seqlen": p.task.seqlen,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": provenance.versions(), "git_commit": provenance.git_commit(),
@@ -183,12 +200,13 @@ def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: floa
     before = measure(loaded.model, loaded.family)
     with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
         ev = p.task.evaluate(loaded, p.device, "dense")
-    (forward_s,) = forward_seconds(loaded.model, batches=p.task.timing_batches(loaded), device=p.device)
+    # no forward time here: a time alone is no speedup; each compressed run times the dense model
+    # beside its own, interleaved, in its own process
     result = CompressionResult(Kind.DENSE, "", before, before)
     record = _record(p, p.dense_identity, p.dense_rid, ev, {
         "kind": "dense", **loaded.record_extra, "headline": ev.headline,
         "compression": result.to_record(p.task.bit_base),
-        "timing": {"load_s": load_s, "eval_s": t_eval.seconds, "forward_s": forward_s},
+        "timing": {"load_s": load_s, "eval_s": t_eval.seconds},
         "memory": {"eval": mem.report()}})
     store.write(record)
     log.info("dense baseline recorded as %s", p.dense_rid)
@@ -232,13 +250,18 @@ def _score(ev: Evaluation) -> Any:
     return {ds: m["ppl"] for ds, m in ev.metrics.items() if isinstance(m, dict) and "ppl" in m}
 
 
-def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation, dense_e2e: dict,
-                  batches: list[dict]) -> dict[str, Any]:
+def _dtype(model: torch.nn.Module) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation, dense: torch.nn.Module | None,
+                  batches: list[dict] | None, repeats: int) -> dict[str, Any]:
     """Swap the compressed linears for kernel formats (kernels.convert), score the task again with
     them (the headline must match the fake-quantized one within the kernels' rounding) and time
-    the converted model end to end against the dense one, in this process."""
+    the converted model end to end against the dense copy, interleaved, in this process."""
     from kernels import end_to_end
     from kernels.convert import NoKernel, convert
+    from kernels.formats import NO_KERNEL_BACKEND
     try:
         conv = convert(loaded.model, {"compression": compression}, p.device)
     except NoKernel as err:
@@ -248,14 +271,18 @@ def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation,
         log.warning("kernels.convert failed: %s", err)
         return {"format": None, "error": repr(err)[:300]}
     out: dict[str, Any] = {**conv.to_record(), "device": provenance.hardware(p.device)["name"],
-                           "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch.")}
+                           "dtype": _dtype(loaded.model)}
     if not conv.layers:
         return {**out, "reason": "nothing to convert: the compressed model's dense matrices are its format"}
+    if all(b == NO_KERNEL_BACKEND for b in out["backends"]):
+        return {**out, "reason": f"no kernel for {out['format']} on this device: its codes would be dequantized "
+                                 f"to a dense matrix per call ({NO_KERNEL_BACKEND}): no speed to measure"}
     ev_k = p.task.evaluate(loaded, p.device, f"{p.method.name}+kernels")
-    converted = end_to_end.measure(loaded.model, batches, p.task.role, p.device)
-    out.update(score=_score(ev_k), score_fake_quant=_score(ev), metrics=ev_k.metrics,
-               dense=dense_e2e, converted=converted, **end_to_end.speedups(dense_e2e, converted))
-    return out
+    out.update(score=_score(ev_k), score_fake_quant=_score(ev), metrics=ev_k.metrics)
+    if dense is None or batches is None:   # offloaded: no dense copy beside the model, no timing
+        return {**out, "reason": "not timed: engine.offload keeps no dense copy"}
+    timed = end_to_end.interleaved(dense, loaded.model, batches, p.task.role, p.device, repeats)
+    return {**out, **timed, "dense_dtype": _dtype(dense)}
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -298,25 +325,18 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
         return dense
 
     method = p.method
-    # a physically smaller model is timed against the dense one, in this process, on the same
-    # inputs: interleaved with a dense copy where one is affordable (encoders; the teacher of a
-    # trained method), else the dense model before compression
-    timing_batches = p.task.timing_batches(loaded) if method.physical and not offload else None
+    # a physically smaller model (and, with kernels.convert, the kernel-converted one) is timed
+    # against a dense copy, interleaved pass by pass, in this process, on the same inputs; a
+    # trained method's frozen teacher is that copy. Offloaded runs keep no second model: no timing.
+    timed = "timing" in p.identity and not offload
+    timing_batches = p.task.timing_batches(loaded) if timed else None
     with provenance.Timer() as t_calib:
         calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
     training = _training_inputs(p, store, loaded) if isinstance(method, TrainedMethod) else None
-    dense_copy = dense_forward_s = None
-    kernel_cfg = p.cfg.get("kernels") or {}
-    dense_e2e = None
-    if kernel_cfg.get("convert"):
-        from kernels import end_to_end
-        kernel_batches = timing_batches or p.task.timing_batches(loaded)
-        dense_e2e = end_to_end.measure(loaded.model, kernel_batches, p.task.role, p.device)
-    if timing_batches and p.task.role == "encoder":
+    dense_copy = None
+    if timed:
         dense_copy = training.teacher if training is not None and training.teacher is not None \
             else copy.deepcopy(loaded.model)
-    elif timing_batches:
-        (dense_forward_s,) = forward_seconds(loaded.model, batches=timing_batches, device=p.device)
     if training is not None and method.from_pretrained:
         loaded.model = training.pretrained()
     before = measure(loaded.model, loaded.family)
@@ -334,28 +354,27 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
     timing = {"load_s": t_load.seconds, "calib_data_s": t_calib.seconds, **phases, "compress_s": t_comp.seconds,
               "eval_s": t_eval.seconds}
     extra: dict[str, Any] = dict(extra_training)
-    if timing_batches and (after.params < before.params or method.dynamic_speedup):
-        if dense_copy is not None:
-            dense_forward_s, forward_s = forward_seconds(dense_copy, loaded.model, batches=timing_batches,
-                                                         device=p.device)
-            basis = "dense forward time / compressed forward time, same process, interleaved"
-        else:
-            (forward_s,) = forward_seconds(loaded.model, batches=timing_batches, device=p.device)
-            basis = "dense forward time / compressed forward time, same process"
-        timing.update(dense_forward_s=dense_forward_s, forward_s=forward_s)
-        extra["speedup"] = {"value": dense_forward_s / forward_s,
-                            "device": provenance.hardware(p.device)["name"], "basis": basis,
-                            "batches": len(timing_batches),
+    repeats = p.identity.get("timing", {}).get("repeats", 0)
+    if timed and method.physical and (after.params < before.params or method.dynamic_speedup):
+        dense_times, times = forward_seconds(dense_copy, loaded.model, batches=timing_batches, device=p.device,
+                                             repeats=repeats)
+        timing.update(dense_forward_s=statistics.median(dense_times), forward_s=statistics.median(times))
+        extra["speedup"] = {**speedup.paired(dense_times, times), "value": None,
+                            "device": provenance.hardware(p.device)["name"],
+                            "dtype": _dtype(loaded.model), "dense_dtype": _dtype(dense_copy),
+                            "basis": "dense forward time / compressed forward time, same process, interleaved",
+                            "dense_s": dense_times, "compressed_s": times, "batches": len(timing_batches),
                             "tokens": sum(int(b["input_ids"].numel()) for b in timing_batches)}
+        extra["speedup"]["value"] = extra["speedup"]["median"]
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]
     if p.cfg.get("save_dir"):
         from eval.models import save_compressed
         extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
-    if dense_e2e is not None:
+    if p.identity["kernels"]["convert"]:
         with provenance.Timer() as t_kernels:
-            extra["kernels"] = _kernel_check(p, loaded, result.to_record(p.task.bit_base), ev, dense_e2e,
-                                             kernel_batches)
+            extra["kernels"] = _kernel_check(p, loaded, result.to_record(p.task.bit_base), ev, dense_copy,
+                                             timing_batches, repeats)
         timing["kernels_s"] = t_kernels.seconds
     timing["total_s"] = time.perf_counter() - t_start
     record = _record(p, p.identity, p.rid, ev, {

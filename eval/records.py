@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger("compbench")
-SCHEMA = 2            # 2: identity by content (eval/identity.py), numerics in the identity
+# 2: identity by content (eval/identity.py), numerics in the identity; 3: the method's identity is its
+# bound settings and version, and the record carries what tables show (preset, rows, protocol)
+SCHEMA = 3
 TMP_PREFIX = ".partial-"
 REQUIRED = {"schema": int, "id": str, "identity": dict, "config": dict, "kind": str, "metrics": dict,
-            "task": str, "role": str, "created": str}
+            "task": str, "role": str, "created": str, "preset": str, "rows": dict, "protocol": dict}
 KINDS = ("dense", "compressed")
 
 
@@ -49,7 +51,9 @@ def problem(obj: Any, expect_id: str | None = None) -> str | None:
         return (f"no schema version: written before schema {SCHEMA} "
                 f"(upgrade with `python scripts/merge.py upgrade=true inputs=[<folder>] out=<folder>`)")
     if obj["schema"] != SCHEMA:
-        return f"schema {obj['schema']!r}, this compbench reads schema {SCHEMA}"
+        return (f"schema {obj['schema']!r}, this compbench reads schema {SCHEMA}"
+                + (" (upgrade with `python scripts/merge.py upgrade=true inputs=[<folder>] out=<folder>`)"
+                   if isinstance(obj["schema"], int) and obj["schema"] < SCHEMA else ""))
     for key, typ in REQUIRED.items():
         if not isinstance(obj.get(key), typ):
             return f"field '{key}' is missing or not a {typ.__name__}"

@@ -115,6 +115,7 @@ RUN: dict[str, Range] = {
     "train.eval_every": Int(0), "train.checkpoint_every": Int(0), "train.seed": Int(0, 2**32 - 1),
     "train.max_train_features": Int(1, optional=True),
     "train.precision": Range("choice", choices=("auto", "fp32", "bf16", "fp16")),
+    "timing.inputs": Int(1, optional=True), "timing.repeats": Int(3),
 }
 
 # method settings by name, wherever they appear in `method` (compositions' steps included)

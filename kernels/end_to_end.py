@@ -43,6 +43,30 @@ def fastest(*runs: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def interleaved(dense: torch.nn.Module, converted: torch.nn.Module, batches: list[dict], role: str,
+                device: torch.device, repeats: int) -> dict[str, Any]:
+    """`measure` of the dense and the converted model, alternately, `repeats` times: every pass of
+    both, and the per-pass speedups' median and quartiles (eval/speedup.py). The table's figure is
+    the decode throughput ratio for decoders, the forward time ratio for encoders."""
+    from eval.speedup import paired
+    passes: dict[str, list[dict[str, float]]] = {"dense": [], "converted": []}
+    for _ in range(repeats):
+        passes["dense"].append(measure(dense, batches, role, device))
+        passes["converted"].append(measure(converted, batches, role, device))
+    d, c = passes["dense"], passes["converted"]
+    if role == "decoder":
+        ratios = {"prefill": paired([x["prefill_s"] for x in d], [x["prefill_s"] for x in c]),
+                  "decode": paired([x["decode_tokens_per_s"] for x in d], [x["decode_tokens_per_s"] for x in c],
+                                   higher_is_faster=True)}
+        headline, metric = "decode", "decode tokens/s at batch 1, converted / dense"
+    else:
+        ratios = {"forward": paired([x["forward_s"] for x in d], [x["forward_s"] for x in c])}
+        headline, metric = "forward", "forward time of the timing batches, dense / converted"
+    return {"dense": d[0] | {"passes": d}, "converted": c[0] | {"passes": c},
+            **{f"{k}_speedup": v["median"] for k, v in ratios.items()},
+            "speedup": {**ratios[headline], "metric": metric}, "ratios": ratios}
+
+
 def speedups(dense: dict[str, float], converted: dict[str, float]) -> dict[str, Any]:
     """Ratios > 1 mean the kernels are faster: latency dense / converted, throughput converted / dense."""
     if "forward_s" in dense:

@@ -32,6 +32,9 @@ from kernels import triton_packed
 from methods.quantization.act_quant import ActQuantSpec
 from methods.quantization.quantizer import QuantizedTensor, pack, unpack
 
+# the backend of packed codes where no kernel runs them: dequantized to a dense matrix per call
+NO_KERNEL_BACKEND = "torch-dequant"
+
 INT4_GROUPS = (32, 64, 128, 256)   # what tinygemm's int4 kernels take
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -244,7 +247,7 @@ class Packed(WeightFormat):
         self.scale = qt.scale.float().to(device).contiguous()
         self.zero = qt.zero.float().to(device).contiguous()
         self.g_idx = qt.groups().to(device, torch.int32).contiguous()
-        self.backend = "triton (compbench packed_matmul)" if triton_packed.available(device) else "torch-dequant"
+        self.backend = "triton (compbench packed_matmul)" if triton_packed.available(device) else NO_KERNEL_BACKEND
 
     def matmul(self, x):
         if self.backend.startswith("triton"):

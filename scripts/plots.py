@@ -23,7 +23,7 @@ from tables.plots import plot_table  # noqa: E402
 def main(cfg: DictConfig) -> None:
     results = Path(cfg.paths.results)
     try:
-        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.kernel_bench)
+        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.include_partial)
     except ValueError as err:
         sys.exit(f"error: {err}")
     for key, df in tables.items():

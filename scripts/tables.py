@@ -18,7 +18,7 @@ from tables.build import TABLES, built_tables, write  # noqa: E402
 def main(cfg: DictConfig) -> None:
     results = Path(cfg.paths.results)
     try:
-        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.kernel_bench, warn=True)
+        tables = built_tables(cfg.tables, results, cfg.get("include", []), cfg.include_partial, warn=True)
     except ValueError as err:
         sys.exit(f"error: {err}")
     for key, df in tables.items():
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.print:
             cols = ["source", "method", "preset", "plm", "granularity", "uniform", "distill_source", "layer_matching",
                     "target", "comp_rate", "ppl_plm", "ppl_compressed", "delta_ppl", "mnli", "qqp", "squad", "avg",
-                    "speedup", "speedup_device", "train_steps", "train_minutes", "record"]
+                    "speedup", "speedup_claim", "speedup_device", "partial", "train_steps", "train_minutes", "record"]
             with pd.option_context("display.width", 200, "display.max_rows", 200):
                 print(df[[c for c in cols if c in df.columns]].to_string(index=False))
 

@@ -29,7 +29,8 @@ def table_key(value: object) -> str:
 
 @hydra.main(config_path="../conf", config_name="verify", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    checker = Checker(cfg.paths.results, list(cfg.include), list(cfg.overrides), bool(cfg.dry_run))
+    checker = Checker(cfg.paths.results, list(cfg.include), list(cfg.overrides), bool(cfg.dry_run),
+                      bool(cfg.include_partial))
     tol = OmegaConf.to_container(cfg.tolerance) if cfg.tolerance else None
     if cfg.claim:
         verdicts = [checker.check_claim(cfg.claim, tol)]

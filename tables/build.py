@@ -1,30 +1,37 @@
 """Survey tables from run records: the reported rows (tables/reported/*.csv, transcribed from the
 survey) beside the reproduced rows, with Δ where model, method and rate match, and the
-provenance of every reproduced number. Writes CSV and booktabs LaTeX."""
+provenance of every reproduced number. Writes CSV and booktabs LaTeX.
+
+A reproduced row shows only what its record holds: its row in the table (label, reference,
+granularity, cost), its preset, its protocol and its own measured speedup. Nothing is rebuilt
+from today's code (methods/ and kernels/ are never imported here). A record that ran less than
+its protocol (`protocol.complete` false) enters a table only with `include_partial`, marked."""
 from __future__ import annotations
 
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from methods.core.base import Kind, TableRow, build
-from tables.speedups import KernelFigures, speedup_of
+from tables.speedups import speedup_of
 
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"
-CONF_METHODS = Path(__file__).resolve().parent.parent / "conf" / "method"
+ROWS_DIR = Path(__file__).resolve().parent.parent / "conf" / "rows"
 
 
 ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
-PRUNING = frozenset({Kind.UNSTRUCTURED.value, Kind.NM.value, Kind.STRUCTURED.value})
-QUANTIZATION = frozenset({Kind.QUANTIZED.value})
-DISTILLATION = frozenset({Kind.DISTILLED.value})
-LOW_RANK = frozenset({Kind.LOW_RANK.value, Kind.ADAPTOR.value})
-SPEEDUP_COLUMNS = ["speedup_device", "speedup_basis"]
+# the records' compression kinds (methods.core.base.Kind values; tests/test_tables_from_records.py ties them)
+PRUNING = frozenset({"unstructured", "n:m", "structured"})
+QUANTIZATION = frozenset({"quantized"})
+DISTILLATION = frozenset({"distilled"})
+LOW_RANK = frozenset({"low_rank", "adaptor"})
+# what a record must carry for a table to show it (eval/pipeline.py writes them)
+RECORD_FIELDS = ("rows", "preset", "protocol")
+SPEEDUP_COLUMNS = ["speedup_q1", "speedup_q3", "speedup_claim", "speedup_device", "speedup_basis"]
 TRAINING_COLUMNS = ["train_steps", "train_samples", "train_minutes", "device_hours", "train_gflops",
                     "train_peak_fraction"]
 
@@ -75,21 +82,37 @@ TABLES = {
 }
 
 
-def row_meta(method_cfg: dict, table: str) -> TableRow:
-    """The method's own row metadata for `table`; a method without one (or no longer buildable)
-    appears under its registered name."""
-    cfg = dict(method_cfg)
-    name = cfg.pop("name")
-    try:
-        method = build(name, **cfg)
-    except ValueError:
-        return TableRow(name)
-    return method.table_row(table) or TableRow(name)
+@dataclass(frozen=True)
+class RowMeta:
+    """A record's row in one table, as the record holds it (eval/pipeline.py `rows`)."""
+
+    label: str
+    ref: str = ""
+    granularity: str | None = None
+    uniform: str = ""
+    cost: str = "low"
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def row_meta(record: dict, table: str) -> RowMeta:
+    """The record's own row metadata for `table`; a method that declares none there appears under
+    its registered name (the record's method identity)."""
+    row = (record.get("rows") or {}).get(table)
+    return RowMeta(**row) if row else RowMeta(record["identity"]["method"]["name"])
+
+
+def missing_fields(record: dict) -> list[str]:
+    return [f for f in RECORD_FIELDS if f not in record]
+
+
+def is_partial(record: dict) -> bool:
+    return not record["protocol"]["complete"]
 
 
 def belongs(spec: TableSpec, record: dict) -> bool:
-    """A compressed record of this table's role (its task's) and compression kind."""
-    if record.get("kind") != "compressed":
+    """A compressed record of this table's role (its task's) and compression kind, carrying what
+    the table shows."""
+    if record.get("kind") != "compressed" or missing_fields(record):
         return False
     return record.get("role") == spec.role and record["compression"].get("kind") in spec.kinds
 
@@ -106,9 +129,9 @@ def gather(results: str | Path, include: Iterable[str | Path] = ()) -> list[dict
 
 
 def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str | Path] = (),
-                 kernel_bench: str | Path | None = None, warn: bool = False) -> dict[str, pd.DataFrame]:
-    """The tables `keys` (checked) from the records under `results` and the included sets, with
-    the Speedup cells of the kernel benchmark files in `kernel_bench`."""
+                 include_partial: bool = False, warn: bool = False) -> dict[str, pd.DataFrame]:
+    """The tables `keys` (checked) from the records under `results` and the included sets; partial
+    records only with `include_partial` (marked)."""
     keys = list(keys)
     unknown = [t for t in keys if t not in TABLES]
     if unknown:
@@ -117,8 +140,12 @@ def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str
     if warn:
         for rid, why in unplaced(records):
             print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
-    figures = KernelFigures.from_dir(kernel_bench) if kernel_bench else None
-    return {key: build_table(TABLES[key], records, figures) for key in keys}
+        if not include_partial:
+            n = sum(1 for r in records if r.get("kind") == "compressed" and not missing_fields(r) and is_partial(r))
+            if n:
+                print(f"warning: {n} partial-protocol record(s) left out of the tables (include_partial=true "
+                      f"shows them, marked)", file=sys.stderr)
+    return {key: build_table(TABLES[key], records, include_partial) for key in keys}
 
 
 def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
@@ -127,7 +154,10 @@ def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
     for r in records:
         if r.get("kind") != "compressed" or any(belongs(spec, r) for spec in TABLES.values()):
             continue
-        if "role" not in r or "kind" not in r.get("compression", {}):
+        if missing_fields(r):
+            out.append((r["id"], f"record lacks {', '.join(missing_fields(r))} (made before records carried "
+                                 f"their table rows): upgrade it with `scripts/merge.py upgrade=true`, or rerun it"))
+        elif "role" not in r or "kind" not in r.get("compression", {}):
             out.append((r["id"], "record predates the typed compression result (schema 2); rerun it"))
         else:
             out.append((r["id"], f"no table takes {r['role']} records of kind '{r['compression']['kind']}'"))
@@ -146,58 +176,67 @@ def _bits_label(comp: dict) -> str:
     return f"W{comp['wbits']}" + (f"A{comp['abits']}" if comp.get("abits") else "")
 
 
-def _speedup(record: dict, figures: KernelFigures | None) -> dict[str, Any]:
-    """The measured Speedup cell with its device and basis (tables/speedups.py)."""
-    s = speedup_of(record, figures)
-    return {"speedup": s.value, "speedup_device": s.device, "speedup_basis": s.basis} if s else {}
+def _speedup(record: dict) -> dict[str, Any]:
+    """The record's own measured Speedup cell: median, quartiles, device and basis (tables/speedups.py)."""
+    s = speedup_of(record)
+    if s is None:
+        return {}
+    return {"speedup": round(s.median, 2), "speedup_q1": round(s.q1, 3), "speedup_q3": round(s.q3, 3),
+            "speedup_claim": "≈1" if s.includes_one else ("faster" if s.median > 1 else "slower"),
+            "speedup_device": s.device, "speedup_basis": s.basis}
 
 
-def _granularity(record: dict, meta: TableRow) -> str:
+def _partial(record: dict) -> str:
+    """The settings where the record ran less than its protocol ('' for a whole-protocol run)."""
+    return "; ".join(record["protocol"]["partial"])
+
+
+def _granularity(record: dict, meta: RowMeta) -> str:
     return meta.granularity or record["compression"]["granularity"]
 
 
-def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict], figures: KernelFigures | None) -> dict:
-    meta = row_meta(record["identity"]["method"], spec.key)
+def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
+    meta = row_meta(record, spec.key)
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
-    wt2 = record["metrics"].get("wikitext2", {})
     calib = record["identity"].get("calib") and {**record["identity"]["calib"], **(record["config"].get("calib") or {})}
     notes = []
-    if cfg["eval"].get("max_windows") is not None:
-        notes.append(f"subset: first {wt2.get('windows')} windows")
     if calib:
         notes.append(f"calib {calib['source']}{':' + str(calib.get('path')) if calib.get('path') else ''}"
                      f" x{calib['nsamples']}")
     comp = record["compression"]
     return {
-        "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": cfg["model"]["name"],
+        "source": "reproduced", "method": meta.label, "ref": meta.ref, "preset": record["preset"],
+        "plm": cfg["model"]["name"],
         "granularity": _granularity(record, meta), "uniform": meta.uniform, "cost": meta.cost,
         "bits": _bits_label(comp), "group_size": comp.get("group_size"),
         "bits_per_weight": comp.get("bits_per_weight"),
         "comp_rate": round(comp["comp_rate"], 4), "model_comp_rate": round(comp["model_comp_rate"], 4),
         "ppl_plm": _ppl(dense, "wikitext2"), "ppl_compressed": _ppl(record, "wikitext2"),
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
-        **_speedup(record, figures), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
+        **_speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
+        "protocol": record["protocol"]["name"], "partial": _partial(record),
         "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
         **_training(record), **meta.columns,
     }
 
 
-def _encoder_rows(spec: TableSpec, records: list[dict], figures: KernelFigures | None) -> list[dict]:
+def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
     """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
     of each task in its column, Avg over the tasks present."""
     rows: dict[str, dict] = {}
     for r in records:
         task = r["task"]
-        meta = row_meta(r["identity"]["method"], spec.key)
+        meta = row_meta(r, spec.key)
         key = json.dumps({k: v for k, v in r["identity"].items() if k != "task"}, sort_keys=True, default=str)
         comp = r["compression"]
         row = rows.setdefault(key, {
-            "source": "reproduced", "method": meta.label, "ref": meta.ref, "plm": r["config"]["model"]["name"],
+            "source": "reproduced", "method": meta.label, "ref": meta.ref, "preset": r["preset"],
+            "plm": r["config"]["model"]["name"],
             "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
-            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], **_speedup(r, figures),
-            "hardware": r["hardware"]["name"], "record": [], "note": [], "flags": "", **_training(r),
-            **meta.columns})
+            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], **_speedup(r),
+            "hardware": r["hardware"]["name"], "protocol": [], "partial": [], "record": [], "note": [], "flags": "",
+            **_training(r), **meta.columns})
         for item in comp.get("not_run") or []:
             row["note"].append(f"not run: {item}")
         col = ENCODER_COLUMNS.get(task, task)
@@ -205,15 +244,16 @@ def _encoder_rows(spec: TableSpec, records: list[dict], figures: KernelFigures |
         row["record"].append(r["id"])
         if task == "squad_dev_split":
             row["note"].append("squad = squad_dev_split (offline variant: dev articles halved), F1")
-        n = r["metrics"][task][next(k for k in r["metrics"][task] if isinstance(r["metrics"][task][k], dict))]
-        if r["config"]["task"].get("max_eval_examples"):
-            row["note"].append(f"{task}: first {n.get('examples')} eval examples")
+        row["protocol"].append(r["protocol"]["name"])
+        row["partial"] += [f"{task}: {why}" for why in r["protocol"]["partial"]]
     out = []
     for row in rows.values():
         deltas = [row[c] for c in ("mnli", "qqp", "squad") if row.get(c) is not None]
         row["avg"] = round(sum(deltas) / len(deltas), 2) if deltas else None
         row["record"] = ";".join(row["record"])
         row["note"] = "; ".join(dict.fromkeys(row["note"]))
+        row["protocol"] = "; ".join(dict.fromkeys(row["protocol"]))
+        row["partial"] = "; ".join(dict.fromkeys(row["partial"]))
         out.append(row)
     return out
 
@@ -230,37 +270,29 @@ def _training(record: dict) -> dict[str, Any]:
             "train_peak_fraction": round(t["peak_fraction"], 3) if t.get("peak_fraction") else None}
 
 
-def presets(table: str) -> list[tuple[str, TableRow, float | None]]:
-    """(preset name, row metadata, target) of every conf/method preset with a row in `table`; the
-    target: the preset's `rate`, or its speedup target (`speedup`) where it sets no rate."""
+def row_id(method: str, plm: str, rate: float | None) -> str:
+    return f"{method}@{plm}@{'-' if rate is None or pd.isna(rate) else f'{float(rate):g}'}"
+
+
+def reported_ids(df: pd.DataFrame) -> list[str]:
+    """The row ids of a table's reported rows, in order (a repeated id gets '#2', '#3', ...)."""
+    plm = df["plm"] if "plm" in df.columns else pd.Series("bert-base", index=df.index)
+    ids, seen = [], {}
+    for m, p, r in zip(df["method"], plm, df["comp_rate"]):
+        base = row_id(m, p, r)
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids
+
+
+def row_presets(table: str) -> dict[str, str]:
+    """The preset that runs each reported row, by row id (conf/rows/<table>.yaml, the row registry)."""
     from omegaconf import OmegaConf
-    out = []
-    for path in sorted(CONF_METHODS.glob("*.yaml")):
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        name = cfg.pop("name")
-        try:
-            method = build(name, **cfg)
-        except ValueError:
-            continue
-        row = method.table_row(table)
-        if row is not None:
-            target = getattr(method, "rate", None)
-            out.append((path.stem, row, target if target is not None else getattr(method, "speedup", None)))
-    return out
-
-
-def preset_for(found: list[tuple[str, TableRow, float | None]], label: str, rate: float,
-               granularity: str | None = None, speedup: float | None = None) -> str:
-    """The preset that runs a reported row: the same label, the same granularity where both name
-    one, the same rate where the preset sets one (a row without a rate: the same speedup target)."""
-    same = [(p, row, r) for p, row, r in found if row.label == label]
-    fits = [(p, r) for p, row, r in same
-            if not granularity or not row.granularity or row.granularity == granularity]
-    target = speedup if _missing(rate) else rate
-    for p, r in fits:
-        if r is None or _missing(target) or abs(r - target) < 0.01:
-            return p
-    return "not implemented" if not same else (fits or same)[0][0]
+    path = ROWS_DIR / f"{table}.yaml"
+    if not path.is_file():
+        return {}
+    doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {row["id"]: row.get("preset", "not implemented") for row in doc["rows"]}
 
 
 def reported(spec: TableSpec) -> pd.DataFrame:
@@ -268,18 +300,15 @@ def reported(spec: TableSpec) -> pd.DataFrame:
     df = df.rename(columns={"source": "distill_source"})  # Table 6's distillation source (L, H, A, T)
     df.insert(0, "source", "reported")
     if spec.presets:
-        found = presets(spec.key)
-        grans = df["granularity"] if "granularity" in df.columns else [None] * len(df)
-        speed = df["speedup"] if "speedup" in df.columns else [None] * len(df)
-        df.insert(2, "preset", [preset_for(found, m, r, g, v)
-                                for m, r, g, v in zip(df["method"], df["comp_rate"], grans, speed)])
+        by_id = row_presets(spec.key)
+        df.insert(2, "preset", [by_id.get(i, "not implemented") for i in reported_ids(df)])
     return df
 
 
 def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     """Reproduced minus reported perplexity where method, model, granularity (or uniformity)
     and rate match."""
-    if row["flags"] or row["note"].startswith("subset") or row["ppl_compressed"] is None:
+    if row["flags"] or row["partial"] or row["ppl_compressed"] is None:
         return None
     same = rep[(rep["method"] == row["method"]) & (rep["plm"] == row["plm"])
                & (rep[kind_column] == row[kind_column])
@@ -289,31 +318,32 @@ def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     return float(row["ppl_compressed"] - same.iloc[0]["ppl_compressed"])
 
 
-def build_table(spec: TableSpec, records: Iterable[dict], figures: KernelFigures | None = None) -> pd.DataFrame:
-    """The reported rows of `spec` followed by one reproduced row per record it takes; Speedup
-    cells from the runs' own measurements or the kernel benchmark's `figures`."""
+def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool = False) -> pd.DataFrame:
+    """The reported rows of `spec` followed by one reproduced row per record it takes (partial-
+    protocol records only with `include_partial`, their shortfalls in the `partial` column)."""
     records = list(records)
     by_id = {r["id"]: r for r in records}
-    mine = [r for r in records if belongs(spec, r)]
+    mine = [r for r in records if belongs(spec, r) and (include_partial or not is_partial(r))]
     rep = reported(spec)
+    provenance = ["protocol", "partial", "hardware", "record", "flags"]
     if spec.encoder:
-        rows = _encoder_rows(spec, mine, figures)
-        extra = [c for c in ("plm",) if c not in rep.columns]
+        rows = _encoder_rows(spec, mine)
+        extra = [c for c in ("preset", "plm") if c not in rep.columns]
         extra += [c for c in ("speedup",) if c not in rep.columns] + SPEEDUP_COLUMNS
         trained = spec.key in ("table6", "table7") or any(r.get("training") for r in mine)
-        extra += (TRAINING_COLUMNS if trained else []) + ["hardware", "record", "flags"]
+        extra += (TRAINING_COLUMNS if trained else []) + provenance
         repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
         if repro.empty:
             return rep
         repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
         return pd.concat([rep, repro.astype(object)], ignore_index=True)
-    rows = [_decoder_row(spec, r, by_id, figures) for r in mine]
+    rows = [_decoder_row(spec, r, by_id) for r in mine]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
     quant = ["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform" else []
-    extra = ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant,
-             "c4_ppl_plm", "c4_ppl_compressed", "seqlen", "hardware", "record",
-             "flags"]
+    extra = [c for c in ("preset",) if c not in rep.columns]
+    extra += ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant,
+              "c4_ppl_plm", "c4_ppl_compressed", "seqlen", *provenance]
     if any(r.get("training") for r in mine):
         extra += TRAINING_COLUMNS
     repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
@@ -370,6 +400,7 @@ def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | N
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(spec.caption)}}}", rf"\label{{tab:{spec.key}}}",
              r"\begin{tabular}{" + "l" * 4 + "r" * (len(cols) - 5) + "l}", r"\toprule", head]
+    partial = False
     for source in ("reported", "reproduced"):
         part = df[df["source"] == source]
         if part.empty:
@@ -377,6 +408,11 @@ def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | N
         lines += [r"\midrule", rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{source}}}}} \\"]
         for _, row in part.iterrows():
             cells = [_cell(key, row.get(key), digits) for _, key, digits in cols]
+            if source == "reproduced" and row.get("speedup_claim") == "≈1":
+                cells[[k for _, k, _ in cols].index("speedup")] = r"$\approx$1"
+            if source == "reproduced" and isinstance(row.get("partial"), str) and row["partial"]:
+                cells[0] += r"$^\ast$"
+                partial = True
             device = row.get("speedup_device")
             if source == "reproduced" and isinstance(device, str) and device:
                 i = [k for _, k, _ in cols].index("speedup")
@@ -392,6 +428,9 @@ def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | N
             r"1 - stored bits / 16 bits (quantization); $\dagger$ = flagged (non-finite or $>10^4$ perplexity); "
             r"Speedup measured on the CPU or GPU named beside it (device and basis in the CSV); "
             r"Record = results/runs/<id>.json.")
+    note += (r" Speedup = median of interleaved passes, $\approx$1 where their interquartile range includes 1.")
+    if partial:
+        note += r" $^\ast$ = partial protocol (what was cut: CSV column `partial`)."
     lines += [r"\bottomrule", r"\end{tabular}", note, r"\end{table}"]
     return "\n".join(lines) + "\n"
 

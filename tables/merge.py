@@ -4,6 +4,7 @@ unreadable files are reported with their paths and not copied (tables/collect.py
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +22,69 @@ def numerics_of(record: dict[str, Any]) -> dict[str, Any]:
     return {"device": str(hw.get("device", "cpu")).split(":")[0], "threads": hw.get("torch_threads")}
 
 
+# what ran before schema 3: each speedup took the median of 3 passes over the task's own inputs
+LEGACY_TIMING = {"inputs": None, "repeats": 3}
+
+
+def _preset_of(record: dict[str, Any], cfg: dict[str, Any], method_identity: dict[str, Any]) -> str:
+    """The preset a record came from: the config's own `preset`, else the conf/method preset of its
+    method whose settings differ least from the record's (a sweep overrides a preset's rate or
+    bits); a tie goes to the preset that the row registry (conf/rows) runs in the tables of the
+    record's role. What stays ambiguous is refused, never guessed."""
+    from omegaconf import OmegaConf
+
+    from methods.core.base import build
+    from tables.build import TABLES
+    from tables.rows import load
+    if cfg["method"].get("preset"):
+        return cfg["method"]["preset"]
+    mine = method_identity["settings"]
+    scored = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "conf" / "method").glob("*.yaml")):
+        knobs = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        name = knobs.pop("name")
+        if name != method_identity["name"]:
+            continue
+        theirs = build(name, **knobs).identity()["settings"]
+        scored.append((sum(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs)), path.stem))
+    best = [p for d, p in scored if d == min(d for d, _ in scored)] if scored else []
+    if len(best) > 1:
+        used = {spec.preset for spec in load() if TABLES[spec.table].role == record.get("role")}
+        best = [p for p in best if p in used] or best
+    if len(best) != 1:
+        raise ValueError(f"cannot tell which preset of method '{method_identity['name']}' it came from "
+                         f"({', '.join(best) or 'none'}): rerun it")
+    return best[0]
+
+
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
-    """A record of schema 1 (identity by config spelling) in this schema: its identity rebuilt from
-    its config by today's planner, with the numerics of the machine that made it. The results are
-    untouched; `upgraded_from` keeps the old id."""
+    """A record of an older schema in this one: its identity rebuilt from its config by today's
+    planner (the method by its bound settings and version), with the numerics of the machine
+    that made it and the timing that ran then; its preset, table rows and protocol written in.
+    The results are untouched; `upgraded_from` keeps the old id and schema. A speedup of then
+    kept no spread: it is kept as it was and shows in no table."""
     from eval.pipeline import plan
+    from eval.tasks.base import Evaluation
     cfg = copy.deepcopy(record["config"])
+    cfg.setdefault("timing", dict(LEGACY_TIMING))
     planned = plan({**cfg, "device": "cpu", "threads": None})
     num = numerics_of(record)
     dense_identity = {**planned.dense_identity, "numerics": num}
+    ev = Evaluation(record["metrics"], record.get("headline"))
     if record.get("kind") == "dense":
-        identity = dense_identity
+        identity, preset, rows = dense_identity, "dense", {}
+        protocol = planned.task.protocol(ev)
     else:
         identity = {**planned.identity, "numerics": num}
-    new = {**record, "schema": SCHEMA, "identity": identity, "id": record_id(identity),
-           "upgraded_from": {"schema": record.get("schema", 1), "id": record["id"]}}
+        method = planned.method
+        preset = _preset_of(record, cfg, identity["method"])
+        cfg["method"] = {**cfg["method"], "preset": preset}   # as today's conf/method files spell it
+        rows = {t: dataclasses.asdict(row) for t, row in method.table_rows().items()}
+        protocol = planned.task.protocol(ev, method, "training" in record)
+    new = {**record, "schema": SCHEMA, "identity": identity, "id": record_id(identity), "config": cfg,
+           "preset": preset, "rows": rows, "protocol": protocol,
+           "upgraded_from": {"schema": record.get("schema", 1), "id": record["id"],
+                             **({"before": record["upgraded_from"]} if "upgraded_from" in record else {})}}
     if record.get("kind") == "compressed":
         new["dense_id"] = record_id(dense_identity)
     return new

@@ -22,6 +22,8 @@ import pandas as pd  # noqa: E402
 
 from tables.build import TableSpec  # noqa: E402
 
+PARTIAL = " [partial protocol]"
+
 
 MARKERS = ("o", "s", "^", "D")
 
@@ -77,6 +79,9 @@ def _draw(spec: TableSpec, df: pd.DataFrame, x_col: str, x_label: str, out: Path
     if data.empty:
         return None
     data = data.assign(_line=_line_labels(spec, data))
+    if "partial" in data.columns:   # partial-protocol records (include_partial=true): marked in the legend, dashed
+        part = data["partial"].fillna("").astype(str) != ""
+        data.loc[part, "_line"] = data.loc[part, "_line"] + PARTIAL
     panels = list(dict.fromkeys(_panel_name(r) for _, r in data.iterrows()))
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
@@ -94,7 +99,8 @@ def _draw(spec: TableSpec, df: pd.DataFrame, x_col: str, x_label: str, out: Path
             pts = rows[rows["_line"] == method].sort_values("_x")
             color = colors[(2 * i) % 20 if len(methods) <= 10 else i % 20]
             ax.plot(pts["_x"], pts["_y"], marker=MARKERS[i // 10 % len(MARKERS)], markersize=6, linewidth=1.2,
-                    label=method, color=color, markerfacecolor=color if reproduced else "none")
+                    label=method, color=color, markerfacecolor=color if reproduced else "none",
+                    linestyle="--" if method.endswith(PARTIAL) else "-")
         if not spec.encoder and "ppl_plm" in rows.columns:
             dense = pd.to_numeric(rows["ppl_plm"], errors="coerce").dropna().round(2).unique()
             if len(dense) == 1:   # the papers of one panel may report different dense figures: then none

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from tables.build import TABLES, reported
+from tables.build import TABLES, reported, reported_ids
 
 ROWS_DIR = Path(__file__).resolve().parent.parent / "conf" / "rows"
 STATUSES = ("runnable", "local_weights", "not_implemented")
@@ -68,20 +68,11 @@ def _hydra_value(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def row_id(method: str, plm: str, rate: float | None) -> str:
-    return f"{method}@{plm}@{'-' if rate is None or pd.isna(rate) else f'{float(rate):g}'}"
-
-
 def reported_rows(table: str) -> pd.DataFrame:
-    """The table's reported rows with their ids (a repeated id gets '#2', '#3', ...)."""
+    """The table's reported rows with their ids."""
     df = reported(TABLES[table]).copy()
     plm = df["plm"] if "plm" in df.columns else pd.Series("bert-base", index=df.index)
-    ids, seen = [], {}
-    for m, p, r in zip(df["method"], plm, df["comp_rate"]):
-        base = row_id(m, p, r)
-        seen[base] = seen.get(base, 0) + 1
-        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
-    return df.assign(id=ids, plm=plm)
+    return df.assign(id=reported_ids(df), plm=plm)
 
 
 def load(table: str | None = None) -> list[RowSpec]:

@@ -1,87 +1,55 @@
-"""The Speedup cell of a reproduced row: always measured, always labelled with its device.
+"""The Speedup cell of a reproduced row: only a measurement of the record's own compressed model.
 
-In order of preference:
-  1. the run's own forward-time ratio of a physically smaller model (structured pruning,
-     low rank, distillation), measured in the run's process against the dense model;
-  2. the run's own kernel stage (kernels.convert=true): the converted model against dense;
-  3. the kernel benchmark's end-to-end figure for the run's model and storage format
-     (results/bench/kernels-<device>.json), from the file of the run's device if there is one,
-     else of a device of the same type: a CPU figure is never shown for a GPU run, nor the reverse.
-Decoders show decode tokens/s at batch 1 against dense; encoders the forward time of a batch.
-Fake-quantized or masked weights are never timed: a format without a kernel has no cell.
+  1. the run's forward-time ratio of a physically smaller model (structured pruning, low rank,
+     distillation), timed interleaved with a dense copy in the run's process (`speedup`);
+  2. the run's kernel stage (kernels.convert=true): the converted model against the dense copy,
+     interleaved (`kernels.speedup`): decode throughput for decoders, forward time for encoders.
+
+Either keeps every per-pass ratio with their median and quartiles. The cell shows the median,
+and "≈1" where the interquartile range includes 1.0. A record whose measurement has no spread
+(made before the spread was kept), or whose format has no kernel on its device, gets no cell:
+nothing is taken from a benchmark file.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-
-from kernels.convert import NoKernel, spec_for
 
 
 @dataclass(frozen=True)
 class Speedup:
-    value: float
+    median: float
+    q1: float
+    q3: float
+    repeats: int
     device: str      # "AMD EPYC (CPU)", "NVIDIA H200 (GPU)"
     basis: str
 
+    @property
+    def includes_one(self) -> bool:
+        """The spread includes 1.0: the measurement claims neither a speedup nor a slowdown."""
+        return self.q1 <= 1.0 <= self.q3
 
-def _label(name: str, device_type: str) -> str:
-    return f"{name} ({'GPU' if device_type == 'cuda' else 'CPU'})"
-
-
-class KernelFigures:
-    """The end-to-end entries of every kernel benchmark file, by (device, model, format)."""
-
-    def __init__(self, reports: list[dict]):
-        self.entries: dict[tuple[str, str, str], tuple[dict, dict]] = {}
-        for rep in reports:
-            for e in rep.get("end_to_end", []):
-                if "error" not in e and "format" in e and not e.get("synthetic"):
-                    self.entries[(rep["device"], e["model"], e["format"])] = (e, rep)
-
-    @classmethod
-    def from_dir(cls, folder: str | Path) -> "KernelFigures":
-        files = sorted(Path(folder).glob("kernels-*.json")) if Path(folder).is_dir() else []
-        return cls([json.loads(f.read_text()) for f in files
-                    if not f.name.startswith(("kernels-smoke", "kernels-probe"))])
-
-    def find(self, model: str, key: str, device: str, device_type: str) -> tuple[dict, dict] | None:
-        if (device, model, key) in self.entries:
-            return self.entries[(device, model, key)]
-        for (_, m, k), (e, rep) in sorted(self.entries.items()):
-            if m == model and k == key and rep["device_type"] == device_type:
-                return e, rep
-        return None
+    @property
+    def shown(self) -> str:
+        return "≈1" if self.includes_one else f"{self.median:.2f}"
 
 
-def speedup_of(record: dict, figures: KernelFigures | None) -> Speedup | None:
+def _label(name: str, device: str) -> str:
+    return f"{name} ({'GPU' if str(device).startswith('cuda') else 'CPU'})"
+
+
+def speedup_of(record: dict) -> Speedup | None:
+    """The record's own measured speedup, or None (see the module docstring)."""
     hw = record.get("hardware", {})
-    dtype_ = "cuda" if str(hw.get("device", "cpu")).startswith("cuda") else "cpu"
     own = record.get("speedup")
-    if own:
-        return Speedup(round(own["value"], 2), _label(own["device"], dtype_), "forward time, smaller model vs dense")
-    k = record.get("kernels") or {}
-    ratio = k.get("decode_speedup", k.get("forward_speedup"))
-    if ratio is not None:
-        return Speedup(round(ratio, 2), _label(k["device"], dtype_),
-                       f"own run: {k['format']} kernels in {k.get('dtype', 'the model dtype')} vs dense")
-    if figures is None:
-        return None
-    try:
-        key = spec_for(record).key
-    except NoKernel:
-        return None
-    if key == "dense":
-        return None
-    # a 2:4 model on a CPU is what kernels.convert makes of it there: CSR at 50%
-    as_run = "sparse-50" if key == "2:4" and dtype_ == "cpu" else key
-    found = figures.find(record["config"]["model"]["name"], as_run, hw.get("name", ""), dtype_)
-    if found is None:
-        return None
-    e, rep = found
-    ratio = e.get("decode_speedup", e.get("forward_speedup"))
-    what = "decode tokens/s" if "decode_speedup" in e else "forward time"
-    return Speedup(round(ratio, 2), _label(rep["device"], rep["device_type"]),
-                   f"kernel bench: {as_run}{' (2:4 as CSR)' if as_run != key else ''} in {e['dtype']}, {what} "
-                   f"vs the fastest dense dtype ({', '.join(e['backends'])})")
+    if own and "median" in own:
+        return Speedup(own["median"], own["q1"], own["q3"], own["repeats"], _label(own["device"], hw.get("device", "")),
+                       f"own run: forward time, smaller model vs dense copy in {own.get('dtype', '?')}, "
+                       f"{own['repeats']} interleaved passes")
+    k = (record.get("kernels") or {})
+    s = k.get("speedup")
+    if k.get("format") and s and "median" in s:
+        return Speedup(s["median"], s["q1"], s["q3"], s["repeats"], _label(k["device"], hw.get("device", "")),
+                       f"own run: {k['format']} kernels in {k.get('dtype', '?')} vs dense copy in "
+                       f"{k.get('dense_dtype', '?')}, {s['metric']}, {s['repeats']} interleaved passes")
+    return None

@@ -7,6 +7,9 @@ verdict compares it with the claim under the spec's tolerance:
     not reproduced    outside it (the Δ is printed)
     cannot run here   the spec says why (weights not public), or the run cannot start on this
                       machine (the model is not reachable offline, no GPU, ...): the reason given
+    partial           a record ran less than its protocol (a prefix of the test data, a test-sized
+                      calibration): no verdict from it, unless include_partial=true, which compares
+                      its figures and still says PARTIAL
     planned           a dry run: the run configs, the download size and rough GPU memory and time
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ MINUTES_PER_B = {"compress": 1.5, "evaluate": 0.5}
 @dataclass
 class Verdict:
     subject: str
-    status: str                                     # reproduced | not reproduced | cannot run here | planned
+    status: str                                     # reproduced | not reproduced | cannot run here | partial | planned
     claimed: dict[str, float] = field(default_factory=dict)
     reproduced: dict[str, float] = field(default_factory=dict)
     tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -83,10 +86,11 @@ class Checker:
     record sets searched first; `extra` overrides apply to every run (device=cuda, ...)."""
 
     def __init__(self, results: str | Path, include: list[str | Path] = (), extra: list[str] = (),
-                 dry_run: bool = False):
+                 dry_run: bool = False, include_partial: bool = False):
         from eval.records import RecordStore
         from tables.collect import resolve_set
         self.results, self.extra, self.dry_run = Path(results), list(extra), dry_run
+        self.include_partial = include_partial
         self.stores = [RecordStore(resolve_set(p)) for p in [self.results, *include]
                        if (resolve_set(p) / "runs").is_dir()]
 
@@ -114,6 +118,7 @@ class Checker:
               tolerance: dict[str, dict[str, float]]) -> Verdict:
         """`runs`: (figure key or task, overrides) per run; `claims`: figure -> claimed value."""
         v = Verdict(subject, "planned", dict(claims), tolerance=tolerance, runs=[o for _, o in runs])
+        partial: list[str] = []
         for key, overrides in runs:
             rec, why = self.record(overrides)
             if rec is None:
@@ -122,6 +127,17 @@ class Checker:
                     return v
                 continue
             v.records.append(rec["id"])
+            if "protocol" not in rec:
+                v.status, v.why = "cannot run here", (f"record {rec['id']} does not say which protocol it ran: "
+                                                      f"upgrade it (scripts/merge.py upgrade=true) or rerun it")
+                return v
+            if not rec["protocol"]["complete"]:
+                partial += rec["protocol"]["partial"]
+                if not self.include_partial:
+                    v.status = "partial"
+                    v.why = (f"record {rec['id']} ran less than its protocol ({'; '.join(partial)}): no verdict; "
+                             f"include_partial=true compares it anyway")
+                    return v
             for figure in [k for k in claims if k == key or key in ("lm", "any")]:
                 value = _figure(rec, "delta" if figure in ("mnli", "qqp", "squad") else figure)
                 if value is not None:
@@ -133,6 +149,9 @@ class Checker:
             else:
                 ok = all(within(v.reproduced[k], c, tolerance[k]) for k, c in claims.items())
                 v.status = "reproduced" if ok else "not reproduced"
+                if partial:
+                    v.status, v.why = "partial", (f"{'within' if ok else 'outside'} the tolerance, on a partial "
+                                                  f"protocol ({'; '.join(dict.fromkeys(partial))})")
         return v
 
     def check_row(self, spec: RowSpec) -> Verdict:

@@ -144,10 +144,11 @@ def require_minilm_teacher() -> Path:
 # serves every e2e decoder comparison. The whole protocol (749 windows) is checked once, on the
 # dense model (test_end_to_end.py).
 DECODER = {"eval.max_windows": 32, "calib.nsamples": 32}
-# The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples and 32
-# calibration features reach every stage; one dense baseline serves every e2e module that uses them.
+# The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples, 32
+# calibration features and 8 timed examples reach every stage; one dense baseline serves every e2e module that uses them.
 ENCODER = {"model": "minilm", "task": "squad_dev_split", "model.finetuned": str(MINILM_TEACHER),
-           "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 32}
+           "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 32,
+           "timing.inputs": 8}
 # Claims compare two trained models: 200 evaluation examples, so that a margin is more than a few answers.
 ENCODER_CLAIMS = {**ENCODER, "task.max_eval_examples": 200}
 # The seed of the claims tests (seed and train.seed), so that their margins can be checked at other

@@ -112,13 +112,13 @@ def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     assert q8["baseline"] == kw["baseline"] == dense["baseline"]             # the teacher, not a fine-tune
     assert q8["compression"]["comp_rate"] == pytest.approx(0.75, abs=0.01)  # 8 of 32 bits (+ scales)
     assert kw["config"]["calib"]["nsamples"] == q8["config"]["calib"]["nsamples"] == 32   # on record
-    t2 = build_table(TABLES["table2"], records)
+    t2 = build_table(TABLES["table2"], records, include_partial=True)
     row = t2[t2["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Kwon et al." and row["rate_basis"] == "flops" and row["granularity"] == "N,H"
     assert "squad_dev_split" in row["note"] and row["squad"] == pytest.approx(round(kw["delta"], 2))
     assert row["speedup"] > 0 and row["speedup"] == round(kw["speedup"]["value"], 2)  # measured, same process
     assert kw["timing"]["dense_forward_s"] > 0 and kw["timing"]["forward_s"] > 0
-    t4 = build_table(TABLES["table4"], records)
+    t4 = build_table(TABLES["table4"], records, include_partial=True)
     row = t4[t4["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Outlier Suppression" and row["squad"] == pytest.approx(round(q8["delta"], 2))
     assert pd.isna(row["speedup"])  # fake-quantized weights are never timed; no kernel figures were given

@@ -254,7 +254,7 @@ def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(
     from eval.pipeline import run
     rec = run(base_config(tmp_path, method="gptq", **{"method.wbits": 4, "method.group_size": 128,
                                                        "kernels.convert": "true", "eval.max_windows": 4,
-                                                       "calib.nsamples": 16}))
+                                                       "calib.nsamples": 16, "timing.repeats": 3}))
     k = rec["kernels"]
     assert k["format"] == "int4-w4-g128" and k["layers"] == 28
     assert k["backends"] == ["torch._weight_int4pack_mm_for_cpu"]
@@ -263,6 +263,10 @@ def test_convert_gptq_4bit_g128_tiny_llama_scores_like_the_fake_quantized_model(
     assert fake == rec["metrics"]["wikitext2"]["ppl"]
     assert abs(kern / fake - 1) < 1e-4, (kern, fake)
     assert k["decode_speedup"] > 0 and k["prefill_speedup"] > 0 and k["dense"]["prefill_tokens"] == 512
+    # timed against a dense copy in the same dtype, interleaved, every pass kept with the spread
+    s = k["speedup"]
+    assert k["dense_dtype"] == k["dtype"] == "float32" and len(k["dense"]["passes"]) == len(s["ratios"]) == 3
+    assert s["q1"] <= s["median"] == k["decode_speedup"] <= s["q3"]
 
 
 # ---- the benchmark and the tables' Speedup cells ----------------------------------------------------
@@ -298,34 +302,25 @@ def test_bench_smoke_writes_a_valid_results_file(tmp_path, monkeypatch):
     assert all(e["layers"] == 28 and e["decode_speedup"] > 0 and e["logits_rel_err"] < 2e-2 for e in e2e.values())
 
 
-def test_speedup_cells_are_measured_and_labelled_with_their_device():
-    from tables.speedups import KernelFigures, speedup_of
-    cpu_rep = {"device": "AMD EPYC", "device_type": "cpu", "end_to_end": [
-        {"model": "tiny-llama-wt2", "format": "int4-w4-g128", "dtype": "bfloat16", "decode_speedup": 1.9,
-         "backends": ["torch._weight_int4pack_mm_for_cpu"]}]}
-    figures = KernelFigures([cpu_rep])
+def test_speedup_cells_are_the_records_own_and_labelled_with_their_device():
+    from tables.speedups import speedup_of
+    spread = {"median": 1.9, "q1": 1.8, "q3": 2.0, "repeats": 5, "ratios": [1.8, 1.85, 1.9, 1.95, 2.0],
+              "metric": "decode tokens/s at batch 1, converted / dense"}
     rec = {"compression": {"kind": "quantized", "wbits": 4, "quant_granularity": "group", "group_size": 128},
-           "config": {"model": {"name": "tiny-llama-wt2"}}, "hardware": {"device": "cpu", "name": "AMD EPYC"}}
-    s = speedup_of(rec, figures)
-    assert s.value == 1.9 and s.device == "AMD EPYC (CPU)" and "int4-w4-g128" in s.basis
-    gpu_rec = {**rec, "hardware": {"device": "cuda:0", "name": "NVIDIA H200"}}
-    assert speedup_of(gpu_rec, figures) is None                     # a CPU figure is never a GPU run's cell
-    assert speedup_of({**rec, "compression": {**rec["compression"], "group_size": 64}}, figures) is None
-    own = {**rec, "speedup": {"value": 1.234, "device": "AMD EPYC"}}
-    assert speedup_of(own, figures).value == 1.23 and "smaller model" in speedup_of(own, figures).basis
-    codebook = {**rec, "compression": {"kind": "quantized", "wbits": 3, "quant_granularity": "codebook-per-row"}}
-    assert speedup_of(codebook, figures) is None                    # no kernel, no cell
-
-
-def test_a_2_4_record_on_a_cpu_shows_the_csr_figure_it_runs_as():
-    from tables.speedups import KernelFigures, speedup_of
-    rep = {"device": "AMD EPYC", "device_type": "cpu", "end_to_end": [
-        {"model": "m", "format": "sparse-50", "dtype": "float32", "decode_speedup": 0.9, "backends": ["csr"]}]}
-    rec = {"compression": {"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}, "config": {"model": {"name": "m"}},
-           "hardware": {"device": "cpu", "name": "AMD EPYC"}}
-    s = speedup_of(rec, KernelFigures([rep]))
-    assert s.value == 0.9 and "2:4 as CSR" in s.basis
-    assert speedup_of({**rec, "hardware": {"device": "cuda", "name": "H200"}}, KernelFigures([rep])) is None
+           "hardware": {"device": "cpu", "name": "AMD EPYC"},
+           "kernels": {"format": "int4-w4-g128", "device": "AMD EPYC", "dtype": "float32", "dense_dtype": "float32",
+                       "speedup": spread}}
+    s = speedup_of(rec)
+    assert s.median == 1.9 and s.device == "AMD EPYC (CPU)" and "int4-w4-g128" in s.basis and "float32" in s.basis
+    gpu = {**rec, "hardware": {"device": "cuda:0", "name": "NVIDIA H200"},
+           "kernels": {**rec["kernels"], "device": "NVIDIA H200"}}
+    assert speedup_of(gpu).device == "NVIDIA H200 (GPU)"
+    # a format with no kernel on the device (packed codes dequantized per call) has no cell
+    no_kernel = {**rec, "kernels": {"format": "packed-w3-ch", "backends": ["torch-dequant"], "reason": "no kernel"}}
+    assert speedup_of(no_kernel) is None
+    assert speedup_of({**rec, "kernels": {"format": None, "reason": "no kernel format"}}) is None
+    own = {**rec, "speedup": {**spread, "median": 1.234, "q1": 1.2, "q3": 1.3, "device": "AMD EPYC"}}
+    assert speedup_of(own).median == 1.234 and "smaller model" in speedup_of(own).basis
 
 
 @pytest.mark.e2e
@@ -333,7 +328,7 @@ def test_convert_smoothquant_w8a8_runs_the_int8_product_and_scores_alike(tmp_pat
     from conftest import base_config
     from eval.pipeline import run
     rec = run(base_config(tmp_path, method="smoothquant", **{"kernels.convert": "true", "eval.max_windows": 4,
-                                                              "calib.nsamples": 16}))
+                                                              "calib.nsamples": 16, "timing.repeats": 3}))
     k = rec["kernels"]
     assert k["format"] == "w8a8" and k["backends"] == ["torch._int_mm (int8 x int8 -> int32)"] and k["layers"] == 28
     fake, kern = k["score_fake_quant"]["wikitext2"], k["score"]["wikitext2"]

@@ -31,3 +31,14 @@ def test_a_method_at_two_patterns_draws_two_lines(tmp_path):
     panels = plot_table(TABLES["table3"], df, tmp_path, ["png"])[0].panels
     lines = panels["tiny-llama-wt2 (reproduced)"]
     assert {"SparseGPT (2:4)", "SparseGPT (4:8)", "SparseGPT (W)"} <= set(lines) and "SparseGPT" not in lines
+
+
+def test_partial_protocol_records_are_drawn_only_when_asked_and_then_marked(tmp_path):
+    from tables.plots import PARTIAL
+    records = gather(ROOT / "results" / "minilm-l6")          # 1,000 of the 5,173 questions: partial
+    assert "minilm-l6 (reproduced)" not in plot_table(TABLES["table2"], build_table(TABLES["table2"], records),
+                                                      tmp_path / "a", ["png"])[0].panels
+    panels = plot_table(TABLES["table2"], build_table(TABLES["table2"], records, include_partial=True),
+                        tmp_path / "b", ["png"])[0].panels
+    lines = panels["minilm-l6 (reproduced)"]
+    assert lines and all(line.endswith(PARTIAL) for line in lines)

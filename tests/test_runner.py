@@ -58,7 +58,10 @@ def test_run_records_config_versions_hardware_and_reuses_dense(make_config):
     rec = run(cfg)
     store = RecordStore(cfg["paths"]["results"])
     assert store.exists(rec["id"]) and store.exists(rec["dense_id"])
-    assert rec["config"]["method"] == {"name": "wanda", "sparsity": 0.5}
+    assert rec["config"]["method"] == {"name": "wanda", "preset": "wanda", "sparsity": 0.5}
+    assert rec["identity"]["method"] == {"name": "wanda", "version": 1, "settings": {"sparsity": 0.5}}
+    assert rec["preset"] == "wanda" and rec["rows"]["table3"]["label"] == "Wanda"
+    assert rec["protocol"]["partial"] == ["eval.max_windows=3", "calib.nsamples=8 < 128"]
     assert rec["seed"] == 0 and rec["versions"]["torch"] and rec["hardware"]["device"] == "cpu"
     assert rec["timing"]["compress_s"] > 0 and rec["memory"]["compress"]["peak_rss_bytes"] > 0
     t = rec["timing"]  # each phase under its own name; compress_s is the whole compression phase

@@ -128,8 +128,40 @@ class Task:
         raise NotImplementedError(f"task '{self.name}' has no pre-trained starting point")
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
-        """Fixed model inputs on which forward time is measured (dense vs compressed)."""
+        """Fixed model inputs on which forward time is measured (dense vs compressed): the first
+        `timing_identity()["inputs"]` of the task's own."""
         raise NotImplementedError
+
+    default_timing_inputs: ClassVar[int]   # examples (encoders) or windows (decoders) timed per pass
+
+    def timing_identity(self) -> dict[str, Any]:
+        """The timing settings as bound (`timing.inputs` null: the task's own count)."""
+        t = self.cfg.get("timing") or {}
+        return {"inputs": t.get("inputs") or self.default_timing_inputs, "repeats": int(t.get("repeats", 5))}
+
+    # the protocol's calibration: 128 samples (GPTQ's 128 windows; the encoders' calibration budget)
+    protocol_calib_samples: ClassVar[int] = 128
+
+    def protocol_name(self) -> str:
+        """What the protocol measures, in words (the record's `protocol.name`)."""
+        raise NotImplementedError
+
+    def shortfalls(self, ev: Evaluation, method, trained: bool) -> list[str]:
+        """Where this run did less than its protocol (a prefix of the evaluation data, a test-sized
+        calibration or training split), each as the setting that did it; empty: the whole protocol."""
+        out = []
+        if method is not None and method.needs_calibration and \
+                self.cfg["calib"]["nsamples"] < self.protocol_calib_samples:
+            out.append(f"calib.nsamples={self.cfg['calib']['nsamples']} < {self.protocol_calib_samples}")
+        cap = (self.cfg.get("train") or {}).get("max_train_features")
+        if trained and cap is not None:
+            out.append(f"train.max_train_features={cap}")
+        return out
+
+    def protocol(self, ev: Evaluation, method=None, trained: bool = False) -> dict[str, Any]:
+        """The record's `protocol`: its name, whether the run ran all of it, and where it did not."""
+        partial = self.shortfalls(ev, method, trained)
+        return {"name": self.protocol_name(), "complete": not partial, "partial": partial}
 
     def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
         raise NotImplementedError

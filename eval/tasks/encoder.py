@@ -16,7 +16,7 @@ from eval.qa_features import QAFeatures, decode, prepare_features
 from eval.tasks.base import Evaluation, Loaded, Task
 from methods.core.calibration import InputBatches, model_inputs
 
-TIMING_EXAMPLES = 64  # training examples timed per forward pass
+TIMING_EXAMPLES = 64  # training examples timed per pass (timing.inputs=null)
 ENCODER_FAMILIES = ("bert", "deberta_v2")
 # the last (task, data source, tokenizer, max_length, stride) tokenised, and its features: one
 # entry, as a full SQuAD training split at 384 tokens holds about 1 GB of ids
@@ -107,10 +107,10 @@ class EncoderTask(Task):
         model.to(device).eval()
         return Loaded(model, tokenizer, self.family, {"baseline": str(baseline), "task_variant": self.name})
 
-    def eval_sets(self) -> dict[str, list]:
+    def eval_sets(self, full: dict[str, list] | None = None) -> dict[str, list]:
         """The evaluation sets by name, each cut to max_eval_examples."""
         n = self.settings.max_eval_examples
-        return {k: v[:n] if n else v for k, v in self.all_eval_sets().items()}
+        return {k: v[:n] if n else v for k, v in (full or self.all_eval_sets()).items()}
 
     def training_batches(self, tokenizer, batch_size: int, seed: int, limit: int | None = None,
                          examples: list | None = None) -> list[dict[str, torch.Tensor]]:
@@ -173,9 +173,31 @@ class EncoderTask(Task):
                                                    revision=self.cfg["model"].get("revision"), **kwargs)
         return model.to(device)
 
+    default_timing_inputs = TIMING_EXAMPLES
+
+    metric: ClassVar[str]   # the headline, in words
+
+    def protocol_name(self) -> str:
+        return f"{self.name}: {self.metric} on its evaluation set, at {self.settings.max_length} tokens"
+
+    def shortfalls(self, ev: Evaluation, method, trained: bool) -> list[str]:
+        out, full = [], None
+        for name, m in ev.metrics[self.name].items():
+            if not isinstance(m, dict) or m.get("examples") is None:
+                continue
+            if m.get("of") is None:   # a record of before the count was kept: count the set
+                full = full or self.all_eval_sets()
+            of = m["of"] if m.get("of") is not None else len(full[name])
+            if m["examples"] < of:
+                out.append(f"task.max_eval_examples={self.settings.max_eval_examples} ({name}: {m['examples']} "
+                           f"of {of} examples)")
+        if self.cfg["model"].get("finetuned") is None and self.cfg["finetune"].get("max_train_features") is not None:
+            out.append(f"finetune.max_train_features={self.cfg['finetune']['max_train_features']}")
+        return out + super().shortfalls(ev, method, trained)
+
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
         batches = self.training_batches(loaded.tokenizer, self.settings.batch_size, seed=0,
-                                        examples=self.train_examples()[:TIMING_EXAMPLES])
+                                        examples=self.train_examples()[:self.timing_identity()["inputs"]])
         return [model_inputs(b) for b in batches]
 
     @torch.inference_mode()
@@ -207,8 +229,9 @@ class EncoderTask(Task):
         return out
 
     def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
-        metrics = {name: self.score(loaded.model, loaded.tokenizer, ex, device)
-                   for name, ex in self.eval_sets().items()}
+        full = self.all_eval_sets()
+        metrics = {name: {**self.score(loaded.model, loaded.tokenizer, ex, device), "of": len(full[name])}
+                   for name, ex in self.eval_sets(full).items()}
         head = self.headline(metrics)
         return Evaluation({self.name: {**metrics, "headline": head, "flags": []}}, head)
 

@@ -9,6 +9,7 @@ from eval.tasks.encoder import EncoderTask
 
 @register_task("mnli")
 class MNLI(EncoderTask):
+    metric = "MNLI matched accuracy"
     num_labels = 3
 
     def train_examples(self) -> list:
@@ -28,6 +29,7 @@ class MNLI(EncoderTask):
 
 @register_task("qqp")
 class QQP(EncoderTask):
+    metric = "QQP accuracy"
     num_labels = 2
 
     def train_examples(self) -> list:

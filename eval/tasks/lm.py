@@ -15,7 +15,7 @@ from eval.tasks.base import Evaluation, Loaded, Task, register_task
 from methods.core.calibration import InputBatches, TokenWindows
 
 log = logging.getLogger("compbench")
-TIMING_WINDOWS = 8  # windows of the first evaluation stream timed per forward pass
+TIMING_WINDOWS = 8  # windows of the first evaluation stream timed per pass (timing.inputs=null)
 
 
 @register_task("lm")
@@ -85,8 +85,9 @@ class LanguageModelling(Task):
         if not needs_calibration:
             return None
         files = {k: v for k, v in self.calib_files().items() if k == "calib"}
+        # the engine's batch of calibration windows changes the accumulated statistics' rounding
         return {**{k: v for k, v in self.cfg["calib"].items() if k != "path"}, "seqlen": self.seqlen,
-                "data": self.data_identity(files)}
+                "batch_size": self.cfg["engine"]["batch_size"], "data": self.data_identity(files)}
 
     def training_identity(self) -> dict[str, Any] | None:
         tt = self.cfg["task"].get("train_text")
@@ -134,9 +135,24 @@ class LanguageModelling(Task):
                              f"pick an encoder task (squad, mnli, qqp, squad_dev_split)")
         method.check_family(self.family, self.hf_config)
 
+    default_timing_inputs = TIMING_WINDOWS
+
+    def protocol_name(self) -> str:
+        return (f"perplexity of {' and '.join(self.cfg['eval']['datasets'])} (GPTQ protocol: non-overlapping "
+                f"{self.seqlen}-token windows of the test stream)")
+
+    def shortfalls(self, ev: Evaluation, method, trained: bool) -> list[str]:
+        out = []
+        ecfg = self.cfg["eval"]
+        if ecfg.get("max_windows") is not None:
+            out.append(f"eval.max_windows={ecfg['max_windows']}")
+        if (ecfg.get("zeroshot") or {}).get("tasks") and ecfg["zeroshot"].get("limit") is not None:
+            out.append(f"eval.zeroshot.limit={ecfg['zeroshot']['limit']}")
+        return out + super().shortfalls(ev, method, trained)
+
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:
         ids = data_mod.eval_tokens(self.cfg["eval"]["datasets"][0], self.data, loaded.tokenizer, self.seqlen)
-        n = min(TIMING_WINDOWS, ids.numel() // self.seqlen)
+        n = min(self.timing_identity()["inputs"], ids.numel() // self.seqlen)
         wins = ids[: n * self.seqlen].view(n, self.seqlen)
         bs = self.cfg["eval"]["batch_size"]
         return [{"input_ids": wins[i:i + bs], "use_cache": False} for i in range(0, n, bs)]

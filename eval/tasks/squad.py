@@ -10,6 +10,7 @@ from eval.tasks.encoder import EncoderTask
 
 @register_task("squad")
 class SQuAD(EncoderTask):
+    metric = "official SQuAD v1.1 F1"
     is_qa = True
 
     def train_examples(self) -> list:

@@ -12,7 +12,9 @@ which the pipeline computes the survey's rates, and carries its table metadata (
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
@@ -137,6 +139,35 @@ def _removed_outside_embeddings(b: ModelSize, a: ModelSize) -> float | None:
     return (rest_before - (a.params - a.embedding_params)) / rest_before
 
 
+# constructor arguments that name a run's table row or document it, and change no number: they
+# stay out of the method's identity (they are recorded beside it)
+DESCRIPTIVE = frozenset({"preset", "label", "ref", "deviations", "tables", "not_run"})
+
+
+def _binding(init: Callable) -> Callable:
+    """`init`, recording its arguments as bound (defaults applied) in `self._settings`. The
+    outermost constructor records first; each `super().__init__` then records the values it was
+    actually passed, so a parent's argument holds what the subclass gave it. The signature is read
+    at each call: a changed default is the default bound."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        sig = inspect.signature(init)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        settings = self.__dict__.setdefault("_settings", {})
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                settings.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                settings[name] = value
+        init(self, *args, **kwargs)
+
+    wrapper._binds_settings = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Method:
     """What every method has: a name, table metadata, checks before work, and its result.
 
@@ -144,13 +175,35 @@ class Method:
     batches of task inputs with targets); `needs_calibration` whether it needs any.
     `physical`: the compressed model is physically smaller, so its forward speedup is measured;
     `dynamic_speedup`: it computes less without being smaller (token pruning), measured as well.
+    `version`: bumped by any change of the algorithm, so that its old records are not reused.
     """
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1
     accepts: ClassVar[tuple[type, ...]] = (TokenWindows, InputBatches)
     physical: ClassVar[bool] = False
     dynamic_speedup: ClassVar[bool] = False
     rows: ClassVar[Mapping[str, TableRow]] = {}  # table key -> how the method appears there
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_binds_settings", False):
+            cls.__init__ = _binding(init)  # type: ignore[method-assign]
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments as bound, defaults applied."""
+        return dict(self.__dict__.get("_settings", {}))
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the method in a run's identity: its name, version and every setting
+        that can change a number (spelling, omitted defaults and preset names cannot)."""
+        return {"name": self.name, "version": self.version,
+                "settings": {k: v for k, v in sorted(self.settings().items()) if k not in DESCRIPTIVE}}
+
+    def table_rows(self) -> dict[str, TableRow]:
+        """This configuration's row metadata in every table it declares one for."""
+        return {t: row for t in self.rows if (row := self.table_row(t)) is not None}
 
     @property
     def needs_calibration(self) -> bool:
@@ -285,15 +338,30 @@ def registry() -> dict[str, type[Method]]:
     return dict(_REGISTRY)
 
 
+def _takes(cls: type[Method], knob: str) -> bool:
+    """Whether a constructor of `cls` (its own or a parent's) names the argument `knob`."""
+    return any(knob in inspect.signature(k.__dict__["__init__"]).parameters
+               for k in cls.__mro__ if k is not object and "__init__" in k.__dict__)
+
+
 def build(name: str, **knobs: Any) -> Method:
-    """Instantiate the method registered as `name` with its config knobs."""
+    """Instantiate the method registered as `name` with its config knobs. Every preset names
+    itself (`preset`, conf/method/<preset>.yaml); a method that does not take the name is built
+    without it, and carries it as `preset`."""
     _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    preset = knobs.get("preset")
+    if "preset" in knobs and not _takes(cls, "preset"):
+        knobs = {k: v for k, v in knobs.items() if k != "preset"}
     try:
-        return _REGISTRY[name](**knobs)
+        method = cls(**knobs)
     except TypeError as err:
         raise ValueError(f"method '{name}': bad settings {sorted(knobs)} ({err})") from None
+    if preset is not None and not hasattr(method, "preset"):
+        method.preset = preset  # type: ignore[attr-defined]
+    return method
 
 
 @torch.no_grad()

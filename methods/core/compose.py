@@ -49,6 +49,12 @@ class Compose(LayerwiseMethod):
         for s in self.steps:
             s.compress_block(session, block_index, block, inputs)
 
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "settings": {"steps": [s.identity() for s in self.steps]}}
+
+    def table_rows(self) -> dict[str, TableRow]:
+        return {t: row for t in self.steps[-1].table_rows() if (row := self.table_row(t)) is not None}
+
     def table_row(self, table: str) -> TableRow | None:
         last = self.steps[-1].table_row(table)
         if last is None:

@@ -52,12 +52,11 @@ class BlockDrop(ModelMethod):
         if linears and self.n_blocks >= n:  # encoder runs check before loading: see compress_model
             raise ValueError(f"cannot drop {self.n_blocks} of {n} blocks")
 
+    rows = {"table3": TableRow("Block drop (BI)", "", "L"), "table2": TableRow("Block drop (BI)", "", "L")}
+    TOP_ROWS = {"table3": TableRow("Top-layer drop", "120", "L"), "table2": TableRow("Sajjad et al.", "120", "L")}
+
     def table_row(self, table: str) -> TableRow | None:
-        if self.rule == "top":  # Sajjad et al.'s top-layer dropping
-            rows = {"table3": TableRow("Top-layer drop", "120", "L"), "table2": TableRow("Sajjad et al.", "120", "L")}
-        else:
-            rows = {"table3": TableRow("Block drop (BI)", "", "L"), "table2": TableRow("Block drop (BI)", "", "L")}
-        return rows.get(table)
+        return (self.TOP_ROWS if self.rule == "top" else self.rows).get(table)  # top: Sajjad et al.'s dropping
 
     def compress_model(self, model: nn.Module, family, calib: CalibrationData | None, device: torch.device,
                        batch_size: int = 8) -> nn.Module:

@@ -86,12 +86,12 @@ class LLMPruner(ModelMethod):
         if family is not None:
             struct_spec(family)
 
+    rows = {"table3": TableRow("LLM-Pruner", "105", "N,H")}
+
     def table_row(self, table: str) -> TableRow | None:
-        if table != "table3":
-            return None
-        if self.importance == "magnitude":  # the magnitude baseline over the same coupled groups
+        if table in self.rows and self.importance == "magnitude":  # the magnitude baseline, same coupled groups
             return TableRow("Magnitude (N,H)", "", "N,H")
-        return TableRow("LLM-Pruner", "105", "N,H")
+        return self.rows.get(table)
 
     def compress_model(self, model: nn.Module, family, calib: CalibrationData | None, device: torch.device,
                        batch_size: int = 4) -> nn.Module:
