@@ -8,7 +8,6 @@ the one it supersedes and the largest relative difference of their figures (`sup
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def remeasure(folder: str | Path, presets: list[str] | None = None, timing: dict
         cfg["paths"] = {**cfg["paths"], "results": str(folder)}
         cfg.update(force=False, progress=False)
         new = run(cfg)
-        if json.dumps(_numbers(new["metrics"]), sort_keys=True) != json.dumps(_numbers(rec["metrics"]), sort_keys=True):
+        if _numbers(new["metrics"]) != _numbers(rec["metrics"]):
             diff = largest_difference(new["metrics"], rec["metrics"])
             out.differ[rid] = f"metrics differ from {new['id']}'s by up to {diff:.2e} (relative)"
             if not replace_differing:
