@@ -46,6 +46,9 @@ class DataSource:
         """The local file if present; None if absent and the Hub may be used; else `DataMissing`."""
         path = self.root / relpath
         if path.is_file():
+            if _blank(path):
+                raise DataMissing(f"{what}: the local file {path} is empty (or only whitespace): "
+                                  f"put the text there again")
             return path
         if self.offline:
             raise DataMissing(
@@ -54,6 +57,15 @@ class DataSource:
                 f"paths.data_root=... or COMPBENCH_DATA_ROOT), or go online (unset HF_HUB_OFFLINE)."
             )
         return None
+
+
+def _blank(path: Path, chunk: int = 1 << 16) -> bool:
+    """Whether the file holds nothing but whitespace (read up to its first other byte)."""
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            if block.strip():
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

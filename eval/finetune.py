@@ -1,10 +1,16 @@
 """Fine-tuning an encoder on a task (the usual BERT recipe: AdamW, linear warm-up then linear
-decay, seeded), cached by the hash of its settings so every compression run reuses it."""
+decay, seeded), cached by the hash of its settings so every compression run reuses it.
+
+Concurrent runs that need the same fine-tune train it once: the trainer holds a lock of its own
+(eval/locks.py) and writes into a temporary folder that is renamed to the cache's name only when
+complete, so no reader ever sees half-written weights; the others wait and reuse it."""
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +22,11 @@ log = logging.getLogger("compbench")
 DONE = "finetune.json"
 
 
-def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch.device) -> dict[str, Any]:
+def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch.device,
+             checkpoints: Path | None = None) -> dict[str, Any]:
     """Fine-tune `model_path` on an encoder task (eval.tasks.encoder.EncoderTask) into `out`,
-    through the shared trainer on the task's labels."""
+    through the shared trainer on the task's labels, resumable from `checkpoints` (default: beside
+    `out`)."""
     from transformers import AutoTokenizer
 
     from methods.training.trainer import TrainConfig, Trainer
@@ -32,11 +40,12 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
     tc = TrainConfig.from_dict(ft)
     # one seed for the head and dropout, and the for-loop AdamW: the fine-tunes made before the
     # shared trainer (the shipped teacher, cached baselines) come out bit for bit the same
-    trainer = Trainer(tc, device, out.with_name(out.name + ".checkpoints"), progress=True, fused=False)
+    checkpoints = checkpoints or out.with_name(out.name + ".checkpoints")
+    trainer = Trainer(tc, device, checkpoints, progress=True, fused=False)
     fit = trainer.fit(
         model, lambda epoch: task.training_batches(tokenizer, tc.batch_size, tc.seed + epoch, tc.max_train_features),
         label_loss, seed_rng=False)
-    shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -55,9 +64,23 @@ def label_loss(student_out, teacher_out, batch) -> torch.Tensor:
 def ensure_finetuned(model_name: str, model_path: str, task, ft: dict[str, Any], cache: Path,
                      device: torch.device) -> Path:
     """The cached fine-tuned checkpoint for (model, task, recipe), trained here if absent."""
+    from eval.locks import RecordLock
+
     key = record_id({"model": model_path, "task": task.settings.__dict__, "finetune": ft})
     out = cache / f"{model_name}-{task.name}-{key}"
-    if not (out / DONE).is_file():
-        log.info("fine-tuning %s on %s -> %s", model_name, task.name, out)
-        finetune(model_path, task, ft, out, device)
+    if (out / DONE).is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    with RecordLock(cache / f"{out.name}.lock") as lock:
+        if (out / DONE).is_file():          # finished by the job that held the lock while we waited
+            log.info("reusing the fine-tune another job finished: %s", out)
+            return out
+        for leftover in cache.glob(f".{out.name}.tmp-*"):   # of writers that died: we hold the lock
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = cache / f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+        log.info("fine-tuning %s on %s -> %s%s", model_name, task.name, out, " (after waiting)" if lock.waited else "")
+        finetune(model_path, task, ft, tmp, device, checkpoints=out.with_name(out.name + ".checkpoints"))
+        if out.exists():                    # a folder without its DONE file: an older, unfinished write
+            shutil.rmtree(out)
+        os.replace(tmp, out)
     return out

@@ -1,15 +1,19 @@
 """One lock per record id, so that the jobs of a sweep (processes on one machine, or Slurm jobs on
 a shared filesystem) never do the same run twice and share one dense baseline.
 
-The lock is a file `runs/<id>.lock` created with O_CREAT | O_EXCL, which is atomic on local
-filesystems and on NFSv3+/Lustre/GPFS (unlike flock/fcntl locks, which some cluster filesystems
-do not carry across nodes). It holds the owner's host, pid and start time, and a heartbeat
-thread touches it every `heartbeat_s` while the run works.
+The lock is a file `runs/<id>.lock` that appears whole: its content (the owner's host, pid and
+start time) is written to a temporary file first and then hard-linked to the lock's name, which
+fails if the name exists. link(2) is atomic on local filesystems and on NFSv3+/Lustre/GPFS (unlike
+flock/fcntl locks, which some cluster filesystems do not carry across nodes), so no reader ever
+sees an empty lock of a live owner. A heartbeat thread touches it every `heartbeat_s` while the
+run works.
 
-Stale rule: a lock is broken when its owner is on this host and its process is gone, or when
-its heartbeat is older than `stale_after_s` (an owner on another node that died or lost the
-filesystem). Breaking renames the lock file first, so of two processes that find it stale only
-one breaks it; the other sees a fresh lock and waits.
+Stale rule: a lock is broken when its heartbeat is older than `stale_after_s`, on every host (a
+pid can be reused after a restart, so a live pid proves nothing). Two facts shorten the wait: the
+owner is on this host and its process is gone, or the lock is empty or unreadable (left by an
+older version, or by a disk that filled up; this version never writes one). Breaking renames the
+lock file first, so of two processes that find it stale only one breaks it; the other sees a
+fresh lock and waits.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from eval.records import pid_alive
+from eval.records import pid_alive, unwritable
 
 log = logging.getLogger("compbench")
 
@@ -36,12 +40,21 @@ class RecordLock:
 
     # ---- the owner's side ----------------------------------------------------------------------
     def _try_create(self) -> bool:
+        """Write the owner to a temporary file, then link it to the lock's name: the lock exists
+        only with its content, or not at all (a full disk fails here, before the link)."""
+        tmp = self.path.with_name(f".{self.path.name}.{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, fh)
+        except OSError as err:
+            raise unwritable(self.path.parent, f"the lock {self.path.name}", err) from None
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         return True
 
     def _beat(self) -> None:
@@ -69,7 +82,10 @@ class RecordLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as err:   # a read-only or vanished folder: never hide the error that got us here
+            log.warning("could not remove the lock %s: %s", self.path, err)
 
     def __enter__(self) -> "RecordLock":
         return self.acquire()
@@ -82,20 +98,22 @@ class RecordLock:
         try:
             return json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return None   # being written or just removed
+            return None   # just removed, or not a lock this version wrote
 
     def is_stale(self) -> bool:
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return False
+        if age > self.stale_after_s:
+            return True       # no heartbeat for too long: its owner is gone, whatever its pid says now
         owner = self.owner()
-        if owner and owner.get("host") == socket.gethostname():
-            pid = int(owner.get("pid", -1))
-            return pid != os.getpid() and not pid_alive(pid)
-        if owner is None and age < self.poll_s * 5:
-            return False      # being created right now
-        return age > self.stale_after_s
+        if not isinstance(owner, dict):
+            return True       # empty or unreadable: never written by a live owner (locks appear whole)
+        if owner.get("host") == socket.gethostname():
+            pid = owner.get("pid")
+            return not isinstance(pid, int) or (pid != os.getpid() and not pid_alive(pid))
+        return False
 
     def _break_if_stale(self) -> bool:
         try:

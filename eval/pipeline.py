@@ -32,7 +32,7 @@ import torch
 from eval import provenance, speedup
 from eval.data import DataMissing
 from eval.locks import RecordLock
-from eval.records import RecordStore, record_id
+from eval.records import RecordStore, ResultsUnwritable, record_id
 from eval.validate import ConfigError, check
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
@@ -40,9 +40,12 @@ from methods.core.apply import apply_method
 from methods.core.compose import Compose
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.model_facts import measure
+from methods.training.checkpoints import UnsafeCheckpoint
 from methods.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("compbench")
+# what a run reports as one line (the input, the data, the results folder), never a traceback
+USER_ERRORS = (ConfigError, DataMissing, UnsafeCheckpoint, ResultsUnwritable)
 DEFAULT_THREADS = torch.get_num_threads()   # torch's own choice for this machine, read at import
 
 

@@ -30,12 +30,22 @@ REQUIRED = {"schema": int, "id": str, "identity": dict, "config": dict, "kind": 
 KINDS = ("dense", "compressed")
 
 
+class ResultsUnwritable(RuntimeError):
+    """The results folder cannot take a file (full disk, read-only folder): one line; what is
+    already there is kept."""
+
+
 class CorruptRecord(ValueError):
     """A record file that cannot be read as a record of this schema."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
+
+
+def unwritable(folder: Path, what: str, err: OSError) -> ResultsUnwritable:
+    return ResultsUnwritable(f"cannot write {what} in {folder}: {err.strerror or err}; free space or make the "
+                             f"folder writable and run again (the records already there are kept)")
 
 
 def record_id(identity: dict[str, Any]) -> str:
@@ -77,13 +87,24 @@ def read_record(path: Path) -> dict[str, Any]:
     if not text.strip():
         raise CorruptRecord(path, "empty file")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise CorruptRecord(path, f"not JSON ({err.msg} at line {err.lineno}): truncated?") from None
+    except _NonFinite as err:
+        raise CorruptRecord(path, f"holds a {err} literal: records store a missing number as null") from None
     why = problem(obj, expect_id=path.stem)
     if why:
         raise CorruptRecord(path, why)
     return obj
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    """json's hook for NaN, Infinity and -Infinity, which are not JSON: a record never holds them."""
+    raise _NonFinite(name)
 
 
 def _finite(obj: Any) -> Any:
@@ -135,7 +156,11 @@ class RecordStore:
     def __init__(self, results_dir: str | os.PathLike):
         self.root = Path(results_dir)
         self.dir = self.root / "runs"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ResultsUnwritable(f"cannot create the results folder {self.dir}: {err.strerror or err}; "
+                                    f"give a writable paths.results") from None
 
     def path(self, rid: str) -> Path:
         return self.dir / f"{rid}.json"
@@ -173,17 +198,24 @@ class RecordStore:
         if why:
             raise ValueError(f"refusing to write an invalid record: {why}")
         target = self.path(record["id"])
-        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=".json",
-                                   dir=self.dir)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-",
+                                       suffix=".json", dir=self.dir)
             with os.fdopen(fd, "w") as fh:
                 json.dump(_finite(record), fh, indent=2, sort_keys=True, allow_nan=False)
                 fh.flush()
                 os.fchmod(fh.fileno(), 0o666 & ~_umask())
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as err:
+            if tmp is not None:
+                try:
+                    Path(tmp).unlink(missing_ok=True)
+                except OSError:
+                    pass
+            if isinstance(err, OSError):
+                raise unwritable(self.dir, f"the record {target.name}", err) from None
             raise
         return target
 

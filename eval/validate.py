@@ -2,9 +2,12 @@
 typed range, and the first value out of range stops the run with one line naming the field, the
 value and what is allowed. Method settings are checked by their names (the same name means the
 same thing in every method: `sparsity` is a fraction, `wbits` a bit width); each method's own
-constructor then checks what only it knows."""
+constructor then checks what only it knows. No setting anywhere may be NaN or infinite: every
+comparison with NaN is false, so a range alone would let it through."""
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,12 @@ class Range:
     also: tuple = ()                 # special values allowed beside the range (e.g. -1: per channel)
     choices: tuple = ()
     pattern: str | None = None
+    what: str | None = None          # the pattern in words
 
     def describe(self) -> str:
-        if self.kind == "choice":
+        if self.what:
+            text = self.what
+        elif self.kind == "choice":
             text = "one of " + ", ".join(map(str, self.choices))
         elif self.kind in ("bool", "str", "list"):
             text = {"bool": "true or false", "str": "a non-empty string", "list": "a non-empty list"}[self.kind]
@@ -61,7 +67,7 @@ class Range:
             return v in self.choices
         if self.kind == "list":
             return isinstance(v, (list, tuple)) and len(v) > 0
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return False
         if self.kind == "int" and not (isinstance(v, int) or float(v).is_integer()):
             return False
@@ -85,6 +91,9 @@ def Num(lo=None, hi=None, **kw) -> Range:
 
 
 BOOL, STR = Range("bool"), Range("str")
+# a name that becomes part of a path under paths.results: never a path itself
+FILE_NAME = Range("str", pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*",
+                  what="a plain file name (letters, digits and . _ + -, starting with a letter or digit)")
 FRACTION = Num(0, 1, hi_open=True)
 POSITIVE = Num(0, lo_open=True)
 
@@ -98,7 +107,7 @@ RUN: dict[str, Range] = {
     "engine.batch_size": Int(1), "engine.offload": BOOL, "engine.keep_codes": BOOL,
     "kernels.convert": BOOL,
     "paths.data_root": STR, "paths.results": STR,
-    "model.name": STR, "model.path": STR, "model.dtype": Range("choice", choices=("float32", "float16", "bfloat16")),
+    "model.name": FILE_NAME, "model.path": STR, "model.dtype": Range("choice", choices=("float32", "float16", "bfloat16")),
     "model.seqlen": Int(8, optional=True), "model.trust_remote_code": BOOL,
     "model.revision": Range("str", optional=True),
     "calib.source": Range("choice", choices=("c4", "wikitext2", "file")), "calib.nsamples": Int(1),
@@ -163,8 +172,27 @@ def _method_values(node: Any, prefix: str):
         yield prefix, node
 
 
+def _leaves(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, x in enumerate(node):
+            yield from _leaves(x, f"{prefix}.{i}")
+    else:
+        yield prefix, node
+
+
+def check_finite(cfg: dict[str, Any]) -> None:
+    """No number anywhere in the config is NaN or infinite (`ConfigError` naming the first)."""
+    for field, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field}={value!r} is not a finite number: give a number")
+
+
 def check_values(cfg: dict[str, Any]) -> None:
     """Every known field's value in its range (`ConfigError`, one line, at the first that is not)."""
+    check_finite({k: v for k, v in cfg.items() if k != "hydra"})
     for field, rng in RUN.items():
         present, value = _get(cfg, field)
         if present and not rng.ok(value):
@@ -202,6 +230,14 @@ def check_model_folder(field: str, path: str) -> None:
                 f"`AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`)") if other else ""
         raise ConfigError(f"{field}={path!r}: the folder {source} has no *.safetensors weights{hint}; "
                           f"compbench loads safetensors only")
+    from safetensors import SafetensorError, safe_open
+    for weights in sorted(source.glob("*.safetensors")):
+        try:                                    # the header only: a truncated file fails here, not mid-load
+            with safe_open(str(weights), framework="pt", device="cpu"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"{field}={path!r}: {weights.name} is not a whole safetensors file ({err}): "
+                              f"truncated? copy or save it again") from None
 
 
 def check(cfg: dict[str, Any]) -> None:
@@ -212,3 +248,45 @@ def check(cfg: dict[str, Any]) -> None:
         check_model_folder("model.path", model["path"])
     if model.get("finetuned"):
         check_model_folder("model.finetuned", model["finetuned"])
+
+
+def _closest(word: str, options: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, sorted(options), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(near)}?)" if near else ""
+
+
+def check_overrides(args: list[str], conf: Path) -> None:
+    """The command line's config choices, before Hydra composes them: an unknown option of a
+    config group (`method=gptqq`) or an unknown setting of the chosen option (`method.foo=1`) is
+    one line naming the closest names, where Hydra would list every option (98 lines) or hint at
+    `+method.foo`. Sweep syntax (`method=a,b`) is checked choice by choice; what this cannot read
+    (glob(), range(), interpolations) and settings of options a sweep picks are left to Hydra."""
+    from omegaconf import OmegaConf
+    given = [(a.startswith("+"), *a.lstrip("+~").split("=", 1)) for a in args if "=" in a and not a.startswith("-")]
+    given = [(plus, k, v) for plus, k, v in given if not k.startswith("hydra")]
+    chosen: dict[str, list[str]] = {}
+    for _, key, value in given:
+        if "." in key or "/" in key or not (conf / key).is_dir() or any(c in value for c in "()[]${}"):
+            continue
+        options = {p.stem for p in (conf / key).glob("*.yaml")}
+        chosen[key] = [c.strip() for c in value.split(",") if c.strip()]
+        for choice in chosen[key]:
+            if choice not in options:
+                raise ConfigError(f"unknown {key} '{choice}'{_closest(choice, options)}: the choices are the "
+                                  f"{len(options)} files of conf/{key}/")
+    top = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"))
+    if "sweep" not in chosen:   # a sweep picks its own options: only the command line's are known
+        for entry in top.get("defaults", []):
+            if isinstance(entry, dict):
+                for group, choice in entry.items():
+                    chosen.setdefault(str(group), [str(choice)])
+    for plus, key, _ in given:
+        group, _, setting = key.partition(".")
+        if plus or not setting or group not in chosen or group == "sweep":
+            continue
+        setting = setting.split(".")[0]
+        for choice in chosen[group]:
+            known = set(OmegaConf.load(conf / group / f"{choice}.yaml") or {}) | set(top.get(group) or {})
+            if setting not in known:
+                raise ConfigError(f"{group} '{choice}' has no setting '{setting}'{_closest(setting, known)} "
+                                  f"(its settings: conf/{group}/{choice}.yaml)")

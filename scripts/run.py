@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -14,10 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from eval.data import DataMissing  # noqa: E402
-from eval.pipeline import ConfigError, run  # noqa: E402
-
-log = logging.getLogger("compbench")
+from eval.pipeline import USER_ERRORS, run  # noqa: E402
+from eval.validate import ConfigError, check_overrides  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -25,8 +22,7 @@ def main(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         record = run(resolved)
-    except (ConfigError, DataMissing) as err:
-        log.error("%s", err)
+    except USER_ERRORS as err:   # printed once, as the exit message
         sys.exit(f"error: {err}")
     comp = record["compression"]
     head = f"[{record['id']}] {cfg.model.name} {cfg.method.name}: compression rate {comp['comp_rate']:.4f}"
@@ -41,4 +37,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:   # before Hydra: its own messages for these list every option
+        check_overrides(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
     main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -96,9 +98,14 @@ class MergeReport:
     upgraded: dict[str, str] = field(default_factory=dict)     # old id -> new id
     failed_upgrades: list[tuple[Path, str]] = field(default_factory=list)
     collection: Collection = field(default_factory=Collection)
+    moved_aside: list[tuple[Path, Path]] = field(default_factory=list)   # the output's side of a conflict
+    no_baseline: list[str] = field(default_factory=list)                 # compressed records without one
 
     def lines(self) -> list[str]:
         out = self.collection.report()
+        out += [f"moved {a} aside to {b.name}: the output folder's side of the conflict is not used either"
+                for a, b in self.moved_aside]
+        out += self.no_baseline
         out += [f"could not upgrade {p}: {why}" for p, why in self.failed_upgrades]
         return out
 
@@ -142,8 +149,22 @@ def merge(inputs: Iterable[str | Path], out: str | Path) -> MergeReport:
     found = collect(roots, must_exist=list(inputs))
     report = MergeReport(collection=found)
     store = RecordStore(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for rid, seen in found.conflicts.items():   # "neither is used" holds for the output folder too
+        mine = store.path(rid)
+        if mine.is_file() and any(p.resolve() == mine.resolve() for p, _ in seen):
+            aside = mine.with_name(f"{mine.name}.conflict-{stamp}")
+            os.replace(mine, aside)
+            report.moved_aside.append((mine, aside))
+    corrupt = {p.stem: why for p, why in found.skipped}
     for rid, rec in found.records.items():
         if not store.exists(rid):
             store.write(rec)
             report.written.append(rid)
+        dense = rec.get("dense_id")
+        if rec["kind"] == "compressed" and dense not in found.records:
+            why = (f"is corrupt ({corrupt[dense]})" if dense in corrupt else
+                   "is in conflict" if dense in found.conflicts else "is in none of the folders")
+            report.no_baseline.append(f"record {rid} merged, but its dense record {dense} {why}: "
+                                      f"its delta has no baseline in {out}")
     return report

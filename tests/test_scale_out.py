@@ -176,6 +176,14 @@ def test_the_thread_count_is_part_of_the_identity(make_config):
      "method.sparsity=1.5 is out of range: it must be a number >= 0 and < 1"),
     ({"train.batch_size": 0}, "train.batch_size=0 is out of range: it must be an integer >= 1"),
     ({"device": "gpu"}, "device='gpu' is out of range: it must be a non-empty string matching cpu|auto|cuda(:\\d+)?"),
+    ({"method": "gptq", "method.percdamp": "nan"}, "method.percdamp=nan is not a finite number: give a number"),
+    ({"method": "magnitude", "train.lr": "nan"}, "train.lr=nan is not a finite number: give a number"),
+    ({"train.warmup_ratio": "inf"}, "train.warmup_ratio=inf is not a finite number: give a number"),
+    ({"method": "lora", "method.alpha": "-inf"}, "method.alpha=-inf is not a finite number: give a number"),
+    ({"model.name": "../../../x"}, "model.name='../../../x' is out of range: it must be a plain file name "
+                                   "(letters, digits and . _ + -, starting with a letter or digit)"),
+    ({"model.name": "/tmp/x"}, "model.name='/tmp/x' is out of range: it must be a plain file name "
+                               "(letters, digits and . _ + -, starting with a letter or digit)"),
 ])
 def test_every_bad_value_is_refused_before_loading_in_one_line(make_config, monkeypatch, over, line):
     from eval import models
@@ -278,6 +286,40 @@ def test_the_published_sets_are_found_from_any_directory(tmp_path, monkeypatch, 
     assert "missing record set" in capsys.readouterr().err
 
 
+def _compressed_and_dense() -> tuple[Path, Path]:
+    runs = ROOT / "results" / "tiny-llama-wt2" / "runs"
+    for f in sorted(runs.glob("*.json")):
+        rec = json.loads(f.read_text())
+        if rec["kind"] == "compressed" and (runs / f"{rec['dense_id']}.json").is_file():
+            return f, runs / f"{rec['dense_id']}.json"
+    raise AssertionError("no published compressed record with its dense record")
+
+
+def test_merge_sets_the_outputs_side_of_a_conflict_aside_and_names_a_missing_baseline(tmp_path):
+    from tables.build import gather
+    from tables.merge import merge
+    comp, dense = _compressed_and_dense()
+    a, out = tmp_path / "a", tmp_path / "merged"
+    for d in (a, out):
+        (d / "runs").mkdir(parents=True)
+    shutil.copy(comp, out / "runs")                                   # the output already holds one side
+    rec = json.loads(comp.read_text())
+    rec["headline"] = 123.0
+    (a / "runs" / comp.name).write_text(json.dumps(rec))
+    (a / "runs" / dense.name).write_text(dense.read_text()[:100])   # a corrupt baseline
+    report = merge([a], out)
+    assert not (out / "runs" / comp.name).exists() and list((out / "runs").glob(f"{comp.name}.conflict-*"))
+    assert any(line.startswith(f"moved {out / 'runs' / comp.name} aside") for line in report.lines())
+    assert comp.stem not in {r["id"] for r in gather(out, [])}        # the tables use neither side
+    # a compressed record whose baseline is corrupt is merged, and said to be without one
+    b = tmp_path / "b"
+    (b / "runs").mkdir(parents=True)
+    shutil.copy(comp, b / "runs")
+    (b / "runs" / dense.name).write_text(dense.read_text()[:100])
+    lines = merge([b], tmp_path / "merged-b").lines()
+    assert any(f"its dense record {dense.stem} is corrupt" in line and comp.stem in line for line in lines), lines
+
+
 def test_merge_deduplicates_by_identity_and_reports_conflicts(tmp_path):
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
     first, second, third = _published(3)
@@ -289,8 +331,9 @@ def test_merge_deduplicates_by_identity_and_reports_conflicts(tmp_path):
     rec["headline"] = 123.0
     (a / "runs" / third.name).write_text(json.dumps(rec))      # the same run, different results on machine a
     cli = subprocess.run([sys.executable, str(ROOT / "scripts" / "merge.py"), f"inputs=[{a},{b}]", f"out={out}"],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert cli.returncode == 1
+    assert not list(tmp_path.glob("*.log"))                     # no empty merge.log where it was started
     assert sorted(p.stem for p in (out / "runs").glob("*.json")) == sorted([first.stem, second.stem])
     assert "1 duplicates merged" in cli.stdout and "1 conflicts" in cli.stdout
     assert str(a / "runs" / third.name) in cli.stderr and str(b / "runs" / third.name) in cli.stderr

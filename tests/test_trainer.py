@@ -35,7 +35,7 @@ def fit(tmp, steps=8, stop_at=None, checkpoint_every=0, **over):
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     straight, _ = fit(tmp_path / "a")
     killed, _ = fit(tmp_path / "b", checkpoint_every=3, stop_at=5)   # dies after the step-3 checkpoint
-    assert (tmp_path / "b" / "fit" / "trainer_state.pt").is_file()
+    assert (tmp_path / "b" / "fit" / "trainer_state.safetensors").is_file()
     resumed, result = fit(tmp_path / "b", checkpoint_every=3)
     assert result.resumed_at == 3 and result.steps == 8
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
@@ -106,3 +106,39 @@ def test_keep_best_ends_on_the_best_dev_weights():
     assert [h["step"] for h in result.history] == [2, 4, 6] and result.best == {"step": 4, "dev": 5.0}
     for k, v in model.state_dict().items():
         assert torch.equal(v, seen[1][k]), k
+
+
+class _Payload:
+    """A pickle that creates a file when it is unpickled: what a planted checkpoint would run."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["final.pt", "trainer_state.pt", "final.safetensors", "trainer_state.safetensors"])
+def test_a_planted_pickle_is_refused_by_name_and_never_run(tmp_path, name):
+    from methods.training.checkpoints import UnsafeCheckpoint
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "ck" / "fit").mkdir(parents=True)
+    planted = tmp_path / "ck" / "fit" / name
+    torch.save({"config": {}, "model": _Payload(marker)}, planted)
+    with pytest.raises(UnsafeCheckpoint) as err:
+        fit(tmp_path / "ck", steps=2, checkpoint_every=1)
+    assert str(planted) in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_keeps_key_types_tuples_and_tied_tensors(tmp_path):
+    from methods.training.checkpoints import load, save
+    w = torch.randn(3, 4)
+    obj = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": w.t()}}, "groups": [{"betas": (0.9, 0.999),
+           "params": [0, 1], "lr": 1e-3, "x": None}], "tied": [w, w], "rng": torch.get_rng_state()}
+    save(obj, tmp_path / "c.safetensors")
+    back = load(tmp_path / "c.safetensors")
+    assert list(back["state"]) == [0] and back["groups"][0]["betas"] == (0.9, 0.999)
+    assert torch.equal(back["state"][0]["exp_avg"], w.t()) and back["state"][0]["step"].item() == 3.0
+    assert back["tied"][0] is back["tied"][1] and torch.equal(back["tied"][0], w)
+    assert torch.equal(back["rng"], obj["rng"]) and back["groups"][0]["x"] is None
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]       # no temporary file left

@@ -12,13 +12,14 @@ which the pipeline computes the survey's rates, and carries its table metadata (
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -344,6 +345,18 @@ def _takes(cls: type[Method], knob: str) -> bool:
                for k in cls.__mro__ if k is not object and "__init__" in k.__dict__)
 
 
+def settings_of(cls: type[Method]) -> set[str]:
+    """The argument names of `cls`'s constructors (its own and its parents')."""
+    return {n for k in cls.__mro__ if k is not object and "__init__" in k.__dict__
+            for n, p in inspect.signature(k.__dict__["__init__"]).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _closest(word: str, options: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, sorted(options), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(near)}?)" if near else ""
+
+
 def build(name: str, **knobs: Any) -> Method:
     """Instantiate the method registered as `name` with its config knobs. Every preset names
     itself (`preset`, conf/method/<preset>.yaml); a method that does not take the name is built
@@ -358,7 +371,12 @@ def build(name: str, **knobs: Any) -> Method:
     try:
         method = cls(**knobs)
     except TypeError as err:
-        raise ValueError(f"method '{name}': bad settings {sorted(knobs)} ({err})") from None
+        known = settings_of(cls)
+        unknown = sorted(set(knobs) - known)
+        if not unknown:
+            raise ValueError(f"method '{name}': {err}") from None
+        raise ValueError("; ".join(f"method '{name}' has no setting '{k}'" + _closest(k, known) for k in unknown)
+                         + f" (its settings: conf/method/{preset or name}.yaml)") from None
     if preset is not None and not hasattr(method, "preset"):
         method.preset = preset  # type: ignore[attr-defined]
     return method

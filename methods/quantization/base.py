@@ -18,7 +18,11 @@ class QuantLedger(Method):
 
     `nominal_base`: where the row's paper counts its rate as nominal bits (1 − wbits / base, e.g.
     3/16 for OPTQ and AWQ, 8/32 for SmoothQuant), the table's rate is that count and the ledger's
-    full-overhead rate stays in the record as `overhead_comp_rate`; None: the full-overhead rate."""
+    full-overhead rate stays in the record as `overhead_comp_rate`; None: the full-overhead rate.
+
+    A `group_size` that does not divide a layer's input width leaves a narrower last group with
+    its own scale and zero (GPTQ's reference does the same); the record names those layers and the
+    last group's width (`ragged_last_group`) and counts its statistics like a whole group's."""
 
     def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1,
                  granularity: str | None = None, clip: str = "minmax", nominal_base: int | None = None):
@@ -27,11 +31,14 @@ class QuantLedger(Method):
             raise ValueError(f"nominal_base counts bits against a float or int format: 8, 16 or 32, got {nominal_base}")
         self.nominal_base = nominal_base
         self.ledger: dict[str, tuple[float, int]] = {}  # "block.name" -> (stored bits, weights)
+        self.ragged: dict[str, tuple[int, int]] = {}    # "block.name" -> (input width, last group's width)
         self.keeps_codes = True
 
     def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float | None = None,
                 n_groups: float | None = None, stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
         """Record what this layer costs in storage (codes + statistics + anything kept aside)."""
+        if self.spec.granularity == "group" and n_groups != 0 and cols % self.spec.group_size:
+            self.ragged[f"{block_index}.{name}"] = (cols, cols % self.spec.group_size)
         if n_groups is None:
             n_groups = groups_per_row(self.spec, cols)
             if self.spec.granularity == "tensor":
@@ -62,6 +69,11 @@ class QuantLedger(Method):
                "clip": self.spec.clip, "nominal_base_bits": self.nominal_base}
         if weights:
             out["bits_per_weight"] = stored / weights
+        if self.ragged:
+            out["ragged_last_group"] = {"layers": len(self.ragged),
+                                        "widths": sorted({f"{c} = {c // self.spec.group_size} x "
+                                                          f"{self.spec.group_size} + {r}"
+                                                          for c, r in self.ragged.values()})}
         return out
 
 

@@ -45,6 +45,9 @@ class QuantSpec:
     def from_knobs(cls, wbits: int = 4, sym: bool = False, group_size: int | None = None,
                    granularity: str | None = None, clip: str = "minmax") -> "QuantSpec":
         """`group_size` > 0 implies per-group; null/-1 per-channel unless `granularity` says otherwise."""
+        if not 2 <= int(wbits) <= 8:
+            raise ValueError(f"method.wbits={wbits} is out of range for this quantizer: it must be an integer "
+                             f">= 2 and <= 8")
         if granularity is None:
             granularity = "group" if group_size and group_size > 0 else "channel"
         return cls(bits=int(wbits), sym=bool(sym), granularity=granularity,

@@ -8,6 +8,7 @@ QAT all train through `Trainer.fit`.
         clip gradients; AdamW step; linear warm-up then linear decay; on_step hook
         every eval_every steps: evaluate (optionally keep the best weights)
         every checkpoint_every steps: model, optimizer, schedule, RNG and cost to disk
+                                                    # safetensors, never a pickle (checkpoints.py)
 
 Its cost (steps, samples, tokens, wall time, device-hours) and speed (tokens/s, achieved FLOP/s
 against the device's measured matmul peak) come back with the fit, for the run record.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,13 +26,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from methods.training import checkpoints
+
 log = logging.getLogger("compbench")
 
 Batch = dict[str, Any]
 Loss = Callable[[Any, Any, Batch], Any]   # (student outputs, teacher outputs, batch) -> loss [, parts]
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-CHECKPOINT = "trainer_state.pt"
-FINAL = "final.pt"
+CHECKPOINT = "trainer_state"   # + checkpoints.SUFFIX
+FINAL = "final"
+BEST = "best"
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ class Trainer:
         if resumed_at is not None and on_resume is not None:
             on_resume(resumed_at)
         if resumed_at is not None and state["best"] is not None and c.keep_best:
-            best_weights = torch.load(self._path("best.pt"), map_location="cpu", weights_only=True)
+            best_weights = checkpoints.load(self._path(BEST))
 
         def batch_at(i: int) -> Batch:
             epoch, pos = divmod(i, per_epoch)
@@ -316,12 +319,12 @@ class Trainer:
             state["best"] = {"step": state["step"], "dev": score}
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if self.checkpoint_dir is not None and self.cfg.checkpoint_every:
-                self._atomic_save(best_weights, "best.pt")
+                self._atomic_save(best_weights, BEST)
         return best_weights
 
     def _path(self, name: str) -> Path:
         assert self.checkpoint_dir is not None
-        return self.checkpoint_dir / self.name / name
+        return self.checkpoint_dir / self.name / f"{name}{checkpoints.SUFFIX}"
 
     def _finish(self, model: nn.Module, result: FitResult) -> None:
         """Replace the fit's checkpoints by its final weights and result: a run killed in a later
@@ -330,13 +333,16 @@ class Trainer:
             return
         self._atomic_save({"config": self.cfg.identity(), "model": model.state_dict(), "result": asdict(result)},
                           FINAL)
-        for name in (CHECKPOINT, "best.pt"):
+        for name in (CHECKPOINT, BEST):
             self._path(name).unlink(missing_ok=True)
 
     def _finished(self, model: nn.Module) -> FitResult | None:
-        if self.checkpoint_dir is None or not self._path(FINAL).is_file():
+        if self.checkpoint_dir is None:
             return None
-        done = torch.load(self._path(FINAL), map_location="cpu", weights_only=False)
+        checkpoints.refuse_pickles(self.checkpoint_dir / self.name, (FINAL, CHECKPOINT, BEST))
+        if not self._path(FINAL).is_file():
+            return None
+        done = checkpoints.load(self._path(FINAL))
         if done["config"] != self.cfg.identity():
             return None
         model.load_state_dict(done["model"])
@@ -345,10 +351,7 @@ class Trainer:
         return FitResult(**done["result"])
 
     def _atomic_save(self, obj: Any, name: str) -> None:
-        self._path(name).parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, self._path(name))
+        checkpoints.save(obj, self._path(name))
 
     def _save(self, model, opt, sched, scaler, state, best_weights) -> None:
         if self.checkpoint_dir is None:
@@ -364,7 +367,7 @@ class Trainer:
     def _resume(self, model, opt, sched, scaler, state) -> int | None:
         if self.checkpoint_dir is None or not self._path(CHECKPOINT).is_file():
             return None
-        ck = torch.load(self._path(CHECKPOINT), map_location="cpu", weights_only=False)
+        ck = checkpoints.load(self._path(CHECKPOINT))
         if ck["config"] != self.cfg.identity():
             log.warning("checkpoint in %s is of another recipe: starting afresh", self.checkpoint_dir)
             return None
