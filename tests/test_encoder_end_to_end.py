@@ -5,10 +5,14 @@ masks of the same FLOPs, and the records in Tables 2 and 4. The fine-tune cache 
 tiny BERT in test_finetune_cache.py.
 
 The int8 PTQ checked against the 1-F1 bound is W8A8 with token-wise clipped static activation
-ranges (`outlier_suppression` at 8 bits) on the teacher, scored on the claims' 200 examples
-(conftest.ENCODER_CLAIMS; 64 examples move F1 by 1.6 points per answer, too coarse for a 1-point
-bound). Q8BERT's plain abs-max ranges lose about 1.5 F1 on this MiniLM, whose activations have
-strong outliers; that figure is recorded, not hidden (README)."""
+ranges (`outlier_suppression` at 8 bits, its coarse clipping stage) on the teacher, scored on the
+claims' 200 examples (conftest.ENCODER_CLAIMS; 64 examples move F1 by 1.6 points per answer, too
+coarse for a 1-point bound). The coarse stage gives F1 58.94 against the teacher's 58.89 with 1
+and with 2 threads. Its LSQ+ stage (`learn_epochs`) on the plumbing settings' 32 calibration
+features is not stable at 8 bits: 3 epochs lose 2.25 F1 with 1 thread and less than 1 with 2, so the
+bound is checked without it (LSQ+ itself: test_encoder_methods.py). Q8BERT's plain abs-max ranges
+lose about 1.5 F1 on this MiniLM, whose activations have strong outliers; that figure is recorded,
+not hidden (README)."""
 from __future__ import annotations
 
 import random
@@ -16,11 +20,12 @@ import random
 import pytest
 import torch
 
-from conftest import ENCODER, ENCODER_CLAIMS, base_config, require_minilm_teacher
+from conftest import CLAIMS_NUMERICS, ENCODER, ENCODER_CLAIMS, base_config, require_minilm_teacher
 
 pytestmark = pytest.mark.e2e
 
-OS8 = {**ENCODER_CLAIMS, "method.wbits": 8, "method.abits": 8}
+# the claims' numerics: the baseline at 200 examples is the distillation claim's
+OS8 = {**ENCODER_CLAIMS, **CLAIMS_NUMERICS, "method.wbits": 8, "method.abits": 8, "method.learn_epochs": 0}
 
 
 @pytest.fixture(scope="module")

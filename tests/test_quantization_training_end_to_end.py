@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ENCODER, SEEDED, base_config, require_minilm_teacher, squad_f1
+from conftest import CLAIMS_NUMERICS, ENCODER, SEEDED, base_config, require_minilm_teacher, squad_f1
 
 TRAIN = {"train": "cpu_short", "train.batch_size": 8, "train.checkpoint_every": 0}
 EQUAL_BITS = {"method.embeddings": False, "method.abits": 16}   # weights of the block linears, 2 bits
@@ -37,7 +37,7 @@ def test_ternarybert_beats_post_training_ternarisation_at_equal_bits(shared_resu
 @pytest.mark.e2e
 def test_table_4_takes_the_qat_rows(shared_results):
     from tables.build import TABLES, build_table
-    runs = _ternary_pair(shared_results, ENCODER, steps=TERNARY_STEPS)    # the claim's runs at seed 0
+    runs = _ternary_pair(shared_results, {**ENCODER, **SEEDED}, steps=TERNARY_STEPS)    # the claim's runs
     t4 = build_table(TABLES["table4"], list(runs.values()), include_partial=True)
     mine = t4[t4["source"] == "reproduced"]
     assert set(mine["method"]) == {"TernaryBERT", "TernaryBERT (post-training)"}
@@ -48,9 +48,9 @@ def test_table_4_takes_the_qat_rows(shared_results):
 @pytest.mark.claims
 def test_qlora_lowers_perplexity_relative_to_nf4_without_adaptors(shared_results, record_property):
     from eval.pipeline import run
-    common = {"task": "lm_finetune", "eval.max_windows": 32}
+    common = {"task": "lm_finetune", "eval.max_windows": 32, **CLAIMS_NUMERICS}
     nf4 = run(base_config(shared_results, method="nf4", **common))
-    qlora = run(base_config(shared_results, method="qlora", **common, **SEEDED,
+    qlora = run(base_config(shared_results, method="qlora", **{**common, **SEEDED},
                             **{"method.r": 8, "train": "cpu_short", "train.steps": 20, "train.batch_size": 4,
                                "train.lr": 1e-3, "train.checkpoint_every": 0}))
     # trained on the WikiText-2 valid text, never the test split: by name in the config, by content in the identity

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from eval.data import DataMissing
 from eval.records import RecordStore
@@ -31,7 +32,8 @@ def test_unknown_model_family_is_refused(make_config, tmp_path):
     folder = tmp_path / "t5"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
-    (folder / "model.safetensors").write_bytes(b"")   # weights present: the family is what is refused
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))   # whole weights: the family is refused
     with pytest.raises(ConfigError, match=r"model_type 't5' is not a family the engine knows \(.*llama"):
         plan(make_config(**{"model.path": str(folder)}))
 
