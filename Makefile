@@ -119,7 +119,7 @@ table7: model
 	$(PY) scripts/tables.py print=true tables=[table7] include_partial=true $(filter paths.results=%,$(ENCODER))
 
 # The tiers (tests/conftest.py): `test-fast` is the unit tier (no model through the pipeline; the
-# goal is 3 minutes); `test` is every tier, e2e and claims included (882 s on 2 idle cores on xdist
+# goal is 3 minutes); `test` is every tier, e2e and claims included (635 s on 2 idle cores on xdist
 # workers; the goal is 12 minutes; CI runs it).
 # Both print the wall time and the 15 slowest tests; ARGS passes pytest options (e.g. ARGS="-m claims").
 PYTEST = start=$$(date +%s); $(PY) -m pytest -q -n auto --dist loadfile --durations=15 $(1) $(ARGS); rc=$$?; \
