@@ -6,12 +6,13 @@ constructor then checks what only it knows. No setting anywhere may be NaN or in
 comparison with NaN is false, so a range alone would let it through."""
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from methods.core.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -250,11 +251,6 @@ def check(cfg: dict[str, Any]) -> None:
         check_model_folder("model.finetuned", model["finetuned"])
 
 
-def _closest(word: str, options: Iterable[str]) -> str:
-    near = difflib.get_close_matches(word, sorted(options), n=3, cutoff=0.5)
-    return f" (did you mean {' or '.join(near)}?)" if near else ""
-
-
 def check_overrides(args: list[str], conf: Path) -> None:
     """The command line's config choices, before Hydra composes them: an unknown option of a
     config group (`method=gptqq`) or an unknown setting of the chosen option (`method.foo=1`) is
@@ -272,7 +268,7 @@ def check_overrides(args: list[str], conf: Path) -> None:
         chosen[key] = [c.strip() for c in value.split(",") if c.strip()]
         for choice in chosen[key]:
             if choice not in options:
-                raise ConfigError(f"unknown {key} '{choice}'{_closest(choice, options)}: the choices are the "
+                raise ConfigError(f"unknown {key} '{choice}'{did_you_mean(choice, options)}: the choices are the "
                                   f"{len(options)} files of conf/{key}/")
     top = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"))
     if "sweep" not in chosen:   # a sweep picks its own options: only the command line's are known
@@ -288,5 +284,5 @@ def check_overrides(args: list[str], conf: Path) -> None:
         for choice in chosen[group]:
             known = set(OmegaConf.load(conf / group / f"{choice}.yaml") or {}) | set(top.get(group) or {})
             if setting not in known:
-                raise ConfigError(f"{group} '{choice}' has no setting '{setting}'{_closest(setting, known)} "
+                raise ConfigError(f"{group} '{choice}' has no setting '{setting}'{did_you_mean(setting, known)} "
                                   f"(its settings: conf/{group}/{choice}.yaml)")

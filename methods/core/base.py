@@ -12,14 +12,13 @@ which the pipeline computes the survey's rates, and carries its table metadata (
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -28,6 +27,7 @@ from methods.core.arch import weight_matrix
 from methods.core.calibration import CalibrationData, InputBatches, TokenWindows
 from methods.core.model_facts import ModelSize
 from methods.core.stats import LinearStats
+from methods.core.suggest import did_you_mean
 
 
 class Kind(str, Enum):
@@ -352,11 +352,6 @@ def settings_of(cls: type[Method]) -> set[str]:
             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _closest(word: str, options: Iterable[str]) -> str:
-    near = difflib.get_close_matches(word, sorted(options), n=3, cutoff=0.5)
-    return f" (did you mean {' or '.join(near)}?)" if near else ""
-
-
 def build(name: str, **knobs: Any) -> Method:
     """Instantiate the method registered as `name` with its config knobs. Every preset names
     itself (`preset`, conf/method/<preset>.yaml); a method that does not take the name is built
@@ -375,7 +370,7 @@ def build(name: str, **knobs: Any) -> Method:
         unknown = sorted(set(knobs) - known)
         if not unknown:
             raise ValueError(f"method '{name}': {err}") from None
-        raise ValueError("; ".join(f"method '{name}' has no setting '{k}'" + _closest(k, known) for k in unknown)
+        raise ValueError("; ".join(f"method '{name}' has no setting '{k}'" + did_you_mean(k, known) for k in unknown)
                          + f" (its settings: conf/method/{preset or name}.yaml)") from None
     if preset is not None and not hasattr(method, "preset"):
         method.preset = preset  # type: ignore[attr-defined]

@@ -37,9 +37,10 @@ class QuantLedger(Method):
     def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float | None = None,
                 n_groups: float | None = None, stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
         """Record what this layer costs in storage (codes + statistics + anything kept aside)."""
-        spec = getattr(self, "spec", None)   # trained quantizers (QAT rows) keep their own, not this one
-        if spec is not None and spec.granularity == "group" and n_groups != 0 and cols % spec.group_size:
-            self.ragged[f"{block_index}.{name}"] = (cols, cols % spec.group_size)
+        # n_groups=0 (codes without group statistics) is all that trained quantizers, which keep
+        # their own quantizer instead of this ledger's spec, ever pass: it is tested first
+        if n_groups != 0 and self.spec.granularity == "group" and cols % self.spec.group_size:
+            self.ragged[f"{block_index}.{name}"] = (cols, cols % self.spec.group_size)
         if n_groups is None:
             n_groups = groups_per_row(self.spec, cols)
             if self.spec.granularity == "tensor":
