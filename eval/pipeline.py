@@ -362,13 +362,12 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
         dense_times, times = forward_seconds(dense_copy, loaded.model, batches=timing_batches, device=p.device,
                                              repeats=repeats)
         timing.update(dense_forward_s=statistics.median(dense_times), forward_s=statistics.median(times))
-        extra["speedup"] = {**speedup.paired(dense_times, times), "value": None,
+        extra["speedup"] = {**speedup.paired(dense_times, times),
                             "device": provenance.hardware(p.device)["name"],
                             "dtype": _dtype(loaded.model), "dense_dtype": _dtype(dense_copy),
                             "basis": "dense forward time / compressed forward time, same process, interleaved",
                             "dense_s": dense_times, "compressed_s": times, "batches": len(timing_batches),
                             "tokens": sum(int(b["input_ids"].numel()) for b in timing_batches)}
-        extra["speedup"]["value"] = extra["speedup"]["median"]
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]
     if p.cfg.get("save_dir"):

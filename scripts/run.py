@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval.pipeline import USER_ERRORS, run  # noqa: E402
 from eval.validate import ConfigError, check_overrides  # noqa: E402
+from tables.speedups import speedup_of  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -32,7 +33,8 @@ def main(cfg: DictConfig) -> None:
     else:
         score = "ppl " + ", ".join(f"{ds} {m['ppl']:.3f}" if m["ppl"] is not None else f"{ds} n/a"
                                    for ds, m in record["metrics"].items() if "ppl" in m)
-    speed = f", speedup {record['speedup']['value']:.2f}x" if "speedup" in record else ""
+    s = speedup_of(record)
+    speed = f", speedup {s.shown}x ({s.basis})" if s else ""
     print(f"{head}, {score}{speed}")
 
 

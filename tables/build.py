@@ -182,7 +182,7 @@ def _speedup(record: dict) -> dict[str, Any]:
     if s is None:
         return {}
     return {"speedup": round(s.median, 2), "speedup_q1": round(s.q1, 3), "speedup_q3": round(s.q3, 3),
-            "speedup_claim": "≈1" if s.includes_one else ("faster" if s.median > 1 else "slower"),
+            "speedup_claim": s.claim,
             "speedup_device": s.device, "speedup_basis": s.basis}
 
 

@@ -30,7 +30,13 @@ class Speedup:
         return self.q1 <= 1.0 <= self.q3
 
     @property
+    def claim(self) -> str:
+        """What the measurement claims: "≈1" where the spread includes 1.0, else faster or slower."""
+        return "≈1" if self.includes_one else ("faster" if self.median > 1 else "slower")
+
+    @property
     def shown(self) -> str:
+        """The cell's text: the median, or "≈1"."""
         return "≈1" if self.includes_one else f"{self.median:.2f}"
 
 

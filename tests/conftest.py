@@ -10,7 +10,7 @@ End-to-end tests share one results folder per test run (`shared_results`) and th
 plumbing settings (ENCODER), so the harness's own reuse evaluates each dense baseline once.
 
 `make test` runs the modules on pytest-xdist workers, one module per worker at a time
-(`--dist loadfile`), the end-to-end modules first. The workers split the cores (each one's torch
+(`--dist loadfile`), the longest first (tests/durations.json; `make test-durations` measures it). The workers split the cores (each one's torch
 threads and its subprocesses'), and share the one results folder: where two of them need the same
 record at once, the harness's run lock makes one wait for the other's."""
 from __future__ import annotations
@@ -58,14 +58,50 @@ def _runs_models(module_items: list) -> bool:
     return any(i.get_closest_marker("e2e") or i.get_closest_marker("claims") for i in module_items)
 
 
+# Seconds per module of the last `make test-durations` (the sum over its tests): the order in which
+# `make test` hands modules to its workers. Measured data, not a setting: stale figures only cost
+# balance, never a result.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write the seconds per module of this run to {DURATIONS.name}")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The modules that run models first (longest first is the shortest schedule over workers);
-    within a module, the collected order."""
+    """The longest module first: xdist (`--dist loadfile --no-loadscope-reorder`) gives each free
+    worker the next module, and longest first is the shortest schedule. The lengths are those of
+    tests/durations.json; a module it does not know yet goes first if it runs models, else last.
+    Within a module, the collected order."""
+    import json
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     by_module: dict[str, list] = {}
     for item in items:
         by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
-    order = sorted(by_module.values(), key=lambda its: not _runs_models(its))
-    items[:] = [i for its in order for i in its]
+
+    def length(module: str) -> float:
+        return known.get(module, float("inf") if _runs_models(by_module[module]) else 0.0)
+    order = sorted(by_module, key=length, reverse=True)
+    items[:] = [i for m in order for i in by_module[m]]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """`--record-durations`: the seconds of each module's tests (setup, call and teardown), as the
+    controller saw them; only the modules of this run are replaced."""
+    if not config.getoption("record_durations") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import json
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for r in reports:
+            if getattr(r, "nodeid", None) and hasattr(r, "duration") and getattr(r, "when", None):
+                module = r.nodeid.split("::")[0]
+                seconds[module] = seconds.get(module, 0.0) + r.duration
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    known.update({m: round(v, 1) for m, v in seconds.items()})
+    DURATIONS.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
+    terminalreporter.write_line(f"durations of {len(seconds)} modules written to {DURATIONS}")
 
 
 @pytest.fixture(autouse=True)
@@ -163,15 +199,17 @@ def require_minilm_teacher() -> Path:
 
 # ---- shared end-to-end settings -------------------------------------------------------------------
 # The decoder comparison settings: the first 32 windows of the WikiText-2 test stream (the GPTQ
-# protocol's windows, a prefix) and 32 calibration windows; one dense record at these settings
+# protocol's windows, a prefix) and 16 calibration windows; one dense record at these settings
 # serves every e2e decoder comparison. The whole protocol (749 windows) is checked once, on the
-# dense model (test_end_to_end.py). A physically smaller model's speedup is timed on 2 windows.
-DECODER = {"eval.max_windows": 32, "calib.nsamples": 32, "timing.inputs": 2}
-# The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples, 32
-# calibration features and 8 timed examples reach every stage; one dense baseline serves every e2e module that uses them.
+# dense model (test_end_to_end.py). A physically smaller model's speedup is timed on 2 windows,
+# 3 interleaved passes (the spread of 3 is all a test reads).
+DECODER = {"eval.max_windows": 32, "calib.nsamples": 16, "timing.inputs": 2, "timing.repeats": 3}
+# The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples, 16
+# calibration features and 8 timed examples (3 passes) reach every stage; one dense baseline serves
+# every e2e module that uses them.
 ENCODER = {"model": "minilm", "task": "squad_dev_split", "model.finetuned": str(MINILM_TEACHER),
-           "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 32,
-           "timing.inputs": 8}
+           "task.max_length": 128, "task.doc_stride": 64, "task.max_eval_examples": 64, "calib.nsamples": 16,
+           "timing.inputs": 8, "timing.repeats": 3}
 # Claims compare two trained models: 200 evaluation examples, so that a margin is more than a few answers.
 ENCODER_CLAIMS = {**ENCODER, "task.max_eval_examples": 200}
 # The claims' numerics: their margins were checked with 1 CPU thread (each of `make test`'s two

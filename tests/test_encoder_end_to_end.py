@@ -7,10 +7,11 @@ tiny BERT in test_finetune_cache.py.
 The int8 PTQ checked against the 1-F1 bound is W8A8 with token-wise clipped static activation
 ranges (`outlier_suppression` at 8 bits, its coarse clipping stage) on the teacher, scored on the
 claims' 200 examples (conftest.ENCODER_CLAIMS; 64 examples move F1 by 1.6 points per answer, too
-coarse for a 1-point bound). The coarse stage gives F1 58.94 against the teacher's 58.89 with 1
-and with 2 threads. Its LSQ+ stage (`learn_epochs`) on the plumbing settings' 32 calibration
-features is not stable at 8 bits: 3 epochs lose 2.25 F1 with 1 thread and less than 1 with 2, so the
-bound is checked without it (LSQ+ itself: test_encoder_methods.py). Q8BERT's plain abs-max ranges
+coarse for a 1-point bound: there it loses 1.90), calibrated on the plumbing settings' 16
+features. The coarse stage gives F1 58.75 against the teacher's 58.89 with 1 thread (58.94 on 32
+features, with 1 and with 2 threads). Its LSQ+ stage (`learn_epochs`) on 32 features is not
+stable at 8 bits: 3 epochs lose 2.25 F1 with 1 thread and less than 1 with 2, so the bound is
+checked without it (LSQ+ itself: test_encoder_methods.py). Q8BERT's plain abs-max ranges
 lose about 1.5 F1 on this MiniLM, whose activations have strong outliers; that figure is recorded,
 not hidden (README)."""
 from __future__ import annotations
@@ -34,8 +35,10 @@ def runs(shared_results):
     from eval.pipeline import run
     from eval.records import RecordStore
 
-    q8 = run(base_config(shared_results, method="outlier_suppression", **OS8))
+    # Kwon first: the claims' baseline that OS8 needs is the distillation claim's too, and a worker
+    # on that module computes it meanwhile (the other would wait on its lock)
     kw = run(base_config(shared_results, method="kwon", **ENCODER, **{"method.flops_rate": 0.5}))
+    q8 = run(base_config(shared_results, method="outlier_suppression", **OS8))
     dense = RecordStore(shared_results).load(kw["dense_id"])
     return dense, q8, kw, base_config(shared_results, **ENCODER)
 
@@ -85,7 +88,8 @@ def test_kwon_half_flops_mask_beats_random_masks_of_the_same_flops(runs):
 
     dense, _, kw, cfg = runs
     comp = kw["compression"]
-    assert comp["rate_basis"] == "flops" and comp["comp_rate"] >= 0.5
+    assert comp["rate_basis"] == "flops" and comp["kind"] == "structured" and 0.5 <= comp["comp_rate"] < 0.55
+    assert comp["params_after"] < comp["params_before"]
     task = build_task(cfg)
     examples = task.eval_sets()["dev_half"]
     tok = AutoTokenizer.from_pretrained(kw["baseline"])
@@ -116,12 +120,12 @@ def test_records_share_one_baseline_and_fill_tables_2_and_4(runs):
     assert dense["kind"] == "dense" and kw["config"]["model"]["finetuned"] == kw["baseline"]
     assert q8["baseline"] == kw["baseline"] == dense["baseline"]             # the teacher, not a fine-tune
     assert q8["compression"]["comp_rate"] == pytest.approx(0.75, abs=0.01)  # 8 of 32 bits (+ scales)
-    assert kw["config"]["calib"]["nsamples"] == q8["config"]["calib"]["nsamples"] == 32   # on record
+    assert kw["config"]["calib"]["nsamples"] == q8["config"]["calib"]["nsamples"] == 16   # on record
     t2 = build_table(TABLES["table2"], records, include_partial=True)
     row = t2[t2["source"] == "reproduced"].iloc[0]
     assert row["method"] == "Kwon et al." and row["rate_basis"] == "flops" and row["granularity"] == "N,H"
     assert "squad_dev_split" in row["note"] and row["squad"] == pytest.approx(round(kw["delta"], 2))
-    assert row["speedup"] > 0 and row["speedup"] == round(kw["speedup"]["value"], 2)  # measured, same process
+    assert row["speedup"] > 0 and row["speedup"] == round(kw["speedup"]["median"], 2)  # measured, same process
     assert kw["timing"]["dense_forward_s"] > 0 and kw["timing"]["forward_s"] > 0
     t4 = build_table(TABLES["table4"], records, include_partial=True)
     row = t4[t4["source"] == "reproduced"].iloc[0]

@@ -136,7 +136,7 @@ def qa_batches(minilm, data_root):
     from eval.tasks.squad import SQuADDevSplit
     task = SQuADDevSplit({"paths": {"data_root": str(data_root)}, "offline": True,
                           "task": {"name": "squad_dev_split", "max_length": 128, "doc_stride": 64}})
-    return task.training_batches(minilm[1], batch_size=8, seed=0, limit=32, examples=task.train_examples()[:40])
+    return task.training_batches(minilm[1], batch_size=8, seed=0, limit=16, examples=task.train_examples()[:40])
 
 
 def test_mask_search_is_the_best_split_within_the_budget():
@@ -196,19 +196,6 @@ def test_least_squares_mask_tuning_reduces_the_reconstruction_error(minilm, qa_b
         return sum(float(((ys[2 * i + 1] - ys[2 * i])[masks[i]]) .pow(2).sum()) for i in range(len(qa_batches)))
 
     assert error(tuned) < error(binary)
-
-
-@pytest.mark.e2e
-def test_kwon_end_to_end_meets_the_flops_budget(minilm, qa_batches):
-    model, tok = minilm
-    fam = family_of(model.config.model_type)
-    method = build("kwon", flops_rate=0.5, seq_len=128)
-    model, s = _compress(method, model, fam, qa_batches)
-    assert s["rate_basis"] == "flops" and s["kind"] == "structured" and s["granularity"] == "N,H"
-    assert s["comp_rate"] >= 0.5 - 1e-9 and s["comp_rate"] < 0.55
-    assert s["params_after"] < s["params_before"]
-    with torch.no_grad():
-        assert torch.isfinite(model(**_inputs(tok)).start_logits).all()
 
 
 # ---- KCM ------------------------------------------------------------------------------------------
@@ -380,7 +367,8 @@ def test_outlier_suppression_migrates_gamma_into_the_weights_exactly(minilm, qa_
         ref = model(**x).start_logits
     gamma = fam.blocks(model)[0].attention.output.LayerNorm.weight.detach().clone()
     W0 = fam.blocks(model)[0].intermediate.dense.weight.detach().clone()
-    method = build("outlier_suppression", wbits=8, abits=16, learn_epochs=0)
+    # one clipping ratio (1.0, no clipping): the migration is what is checked, not the ratio search
+    method = build("outlier_suppression", wbits=8, abits=16, learn_epochs=0, clip_step=0.01, clip_span=0.01)
     model, _ = apply_method(method, model, fam, InputBatches(qa_batches[:2]), torch.device("cpu"))
     with torch.no_grad():
         out = model(**x).start_logits

@@ -75,14 +75,14 @@ def test_table3_holds_reported_and_reproduced_rows(grid, ppl, tmp_path):
     assert row["ppl_plm"] == pytest.approx(ppl["dense"])
     assert row["record"] and row["hardware"] and row["seqlen"] == 512
     # the 32-window records are partial: out of the table unless asked for, then marked
-    assert row["partial"] == "eval.max_windows=32; calib.nsamples=32 < 128" and pd.isna(row["delta_ppl"])
+    assert row["partial"] == "eval.max_windows=32; calib.nsamples=16 < 128" and pd.isna(row["delta_ppl"])
     assert not (build_table(TABLES["table3"], records)["source"] == "reproduced").any()
     assert "\\toprule" in tex.read_text() and row["record"] in tex.read_text()
 
 
 def _sweep(results, *extra):
-    cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), "-m", "method=magnitude,wanda",
-           "method.sparsity=0.3,0.5", "eval.max_windows=4", "calib.nsamples=8", "progress=false",
+    cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), "-m", "method=magnitude,wanda",   # at 50%
+           "eval.max_windows=4", "calib.nsamples=8", "progress=false",
            f"paths.results={results}", f"paths.data_root={DATA_ROOT}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -93,19 +93,20 @@ def test_killed_sweep_resumes_without_duplicates_or_partials(tmp_path):
     store = RecordStore(results)
     proc = _sweep(results)
     deadline = time.time() + 300
-    while time.time() < deadline and sum(r["kind"] == "compressed" for r in store) < 1:
+    while time.time() < deadline and proc.poll() is None and sum(r["kind"] == "compressed" for r in store) < 1:
         time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = {r["id"]: r["created"] for r in store}
-    assert 2 <= len(first) < 5, "kill should land mid-sweep"
+    assert len(first) == 2, "kill should land mid-sweep"     # the dense record and one of two
 
     proc = _sweep(results)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     records = list(store)
     ids = [r["id"] for r in records]
-    assert len(ids) == len(set(ids)) == 5  # 4 compressed + 1 dense
+    assert len(ids) == len(set(ids)) == 3  # 2 compressed + 1 dense
     assert sum(r["kind"] == "dense" for r in records) == 1
     assert {r["id"]: r["created"] for r in records if r["id"] in first} == first  # not redone
     assert out.count("exists: skipping") == sum(1 for r in records if r["id"] in first and r["kind"] != "dense")

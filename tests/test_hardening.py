@@ -201,9 +201,18 @@ def test_a_record_with_a_nan_literal_is_corrupt_and_named(tmp_path):
 RUN = [sys.executable, str(ROOT / "scripts" / "run.py")]
 
 
+def test_a_misspelt_choice_is_one_line_from_the_cli_before_hydra(tmp_path):
+    """The CLI's check before Hydra composes prints its line once, and nothing else (the line of
+    an error found when planning: test_scale_out.py's test_the_cli_prints_the_one_line_and_fails)."""
+    out = subprocess.run([*RUN, "method=gptqq", f"paths.results={tmp_path}", f"paths.data_root={DATA_ROOT}"],
+                         cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown method 'gptqq' (did you mean gptq or rptq or gmp?): the choices are the 89 files of conf/method/"]
+
+
 @pytest.mark.parametrize("args, line", [
-    (["method=gptqq"], "error: unknown method 'gptqq' (did you mean gptq or rptq or gmp?): the choices are "
-                       "the 89 files of conf/method/"),
     (["method=gptq", "method.actorder=true"],
      "error: method 'gptq' has no setting 'actorder' (did you mean act_order?) (its settings: conf/method/gptq.yaml)"),
     (["method=gptq", "+method.actorder=true"],
@@ -211,11 +220,13 @@ RUN = [sys.executable, str(ROOT / "scripts" / "run.py")]
     (["method=rtn", "method.wbits=12"],
      "error: method.wbits=12 is out of range for this quantizer: it must be an integer >= 2 and <= 8"),
 ])
-def test_a_misspelt_choice_or_setting_is_one_line_with_the_closest_names(tmp_path, args, line):
-    out = subprocess.run([*RUN, *args, f"paths.results={tmp_path}", f"paths.data_root={DATA_ROOT}"], cwd=tmp_path,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines() == [line]         # once, and nothing else
+def test_a_misspelt_setting_or_a_bad_value_is_one_line_with_the_closest_names(make_config, args, line):
+    """What the CLI prints as `error: <message>`, in this process: its check before Hydra, then planning."""
+    from eval.validate import check_overrides
+    with pytest.raises(ConfigError) as err:
+        check_overrides(args, ROOT / "conf")
+        plan(make_config(**dict(a.split("=", 1) for a in args)))
+    assert f"error: {err.value}" == line
 
 
 # ---- a group size that does not divide the input width --------------------------------------------

@@ -219,10 +219,9 @@ def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(shared_re
     from tables.build import TABLES, build_table
 
     results = shared_results     # the dense record of the shared decoder settings
-    subset = {**DECODER, "calib.nsamples": 16}
-    taylor = run(base_config(results, method="llm_pruner", **subset))
-    magnitude = run(base_config(results, method="struct_magnitude", **subset))
-    dropped = run(base_config(results, method="block_drop", **subset))
+    taylor = run(base_config(results, method="llm_pruner", **DECODER))
+    magnitude = run(base_config(results, method="struct_magnitude", **DECODER))
+    dropped = run(base_config(results, method="block_drop", **DECODER))
     ppl = lambda r: r["metrics"]["wikitext2"]["ppl"]  # noqa: E731
     dense = RecordStore(results).load(taylor["dense_id"])
     assert dense["metrics"]["wikitext2"]["windows"] == DECODER["eval.max_windows"]
@@ -239,8 +238,8 @@ def test_taylor_beats_magnitude_groups_and_table3_gets_structured_rows(shared_re
     for rec, label in ((taylor, "LLM-Pruner"), (dropped, "Block drop (BI)")):
         s = rec["speedup"]   # per-pass ratios of a dense copy and the pruned model, interleaved
         assert s["ratios"] == pytest.approx([d / c for d, c in zip(s["dense_s"], s["compressed_s"])])
-        assert s["value"] == s["median"] and s["q1"] <= s["median"] <= s["q3"] and s["repeats"] == 5
+        assert s["q1"] <= s["median"] <= s["q3"] and s["repeats"] == 3
         assert s["dtype"] == s["dense_dtype"] == "float32"
-        assert repro.loc[label, "speedup"] == round(rec["speedup"]["value"], 2) > 0
+        assert repro.loc[label, "speedup"] == round(rec["speedup"]["median"], 2) > 0
     # the whole compression phase is timed under its own name, its parts under theirs
     assert taylor["timing"]["compress_s"] > 0 and taylor["timing"]["total_s"] > taylor["timing"]["compress_s"]

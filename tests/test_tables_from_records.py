@@ -71,8 +71,11 @@ def test_speedup_cell_shows_about_one_where_the_spread_includes_one():
     from tables.speedups import speedup_of
     base = {"hardware": {"device": "cpu"}}
     s = {"median": 1.04, "q1": 0.97, "q3": 1.1, "repeats": 5, "ratios": [1] * 5, "device": "AMD EPYC", "dtype": "float32"}
-    assert speedup_of({**base, "speedup": s}).shown == "≈1"
-    assert speedup_of({**base, "speedup": {**s, "q1": 1.02}}).shown == "1.04"
+    assert (speedup_of({**base, "speedup": s}).shown, speedup_of({**base, "speedup": s}).claim) == ("≈1", "≈1")
+    faster = speedup_of({**base, "speedup": {**s, "q1": 1.02}})
+    assert (faster.shown, faster.claim) == ("1.04", "faster")
+    slower = speedup_of({**base, "speedup": {**s, "median": 0.8, "q1": 0.7, "q3": 0.9}})
+    assert (slower.shown, slower.claim) == ("0.80", "slower")
     assert speedup_of({**base, "speedup": {"value": 1.5, "device": "AMD EPYC"}}) is None   # no spread, no cell
 
 

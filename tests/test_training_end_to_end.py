@@ -43,7 +43,7 @@ def test_distilled_student_beats_the_label_trained_student(distilled, record_pro
     assert kd["identity"]["train"] == labels["identity"]["train"]
     record_property("margin", squad_f1(kd) - squad_f1(labels))           # F1 points; must exceed 1.0
     assert squad_f1(kd) > squad_f1(labels) + 1.0, (squad_f1(kd), squad_f1(labels))
-    assert kd["speedup"]["value"] > 1.0  # half the layers: a faster forward, measured
+    assert kd["speedup"]["median"] > 1.0  # half the layers: a faster forward, measured
 
 
 @pytest.mark.e2e
