@@ -184,11 +184,18 @@ def calibration_windows(source: str, src: DataSource, tokenizer, nsamples: int, 
     return sample_token_windows(calibration_stream(source, src, tokenizer, path, join), nsamples, seqlen, seed)
 
 
+_CALIB_STREAMS: dict[tuple, torch.Tensor] = {}
+
+
 def calibration_stream(source: str, src: DataSource, tokenizer, path: str | None = None,
                        join: str = "\n\n") -> torch.Tensor:
-    """The token stream of a one-text calibration source (WikiText-2 train, or a local file)."""
+    """The token stream of a one-text calibration source (WikiText-2 train, or a local file),
+    memoised per process for sweeps like the evaluation streams (a file by its path, size and
+    modification time). Callers index it and never write to it."""
     if source == "wikitext2":
-        ids = tokenize(tokenizer, wikitext2_text(src, "train", join=join))
+        key: tuple = (source, src, tokenizer_key(tokenizer), join)
+        if key not in _CALIB_STREAMS:
+            _CALIB_STREAMS[key] = tokenize(tokenizer, wikitext2_text(src, "train", join=join))
     elif source == "file":
         if not path:
             raise ValueError("calib.source=file needs calib.path=<text file>")
@@ -197,10 +204,13 @@ def calibration_stream(source: str, src: DataSource, tokenizer, path: str | None
             file = src.root / file
         if not file.is_file():
             raise DataMissing(f"calibration file {file} does not exist; set calib.path to a text file")
-        ids = tokenize(tokenizer, file.read_text(encoding="utf-8"))
+        stat = file.stat()
+        key = (source, str(file), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer))
+        if key not in _CALIB_STREAMS:
+            _CALIB_STREAMS[key] = tokenize(tokenizer, file.read_text(encoding="utf-8"))
     else:
         raise ValueError(f"unknown calibration source '{source}'; known: {', '.join(CALIB_SOURCES)}")
-    return ids
+    return _CALIB_STREAMS[key]
 
 
 class _C4Texts:

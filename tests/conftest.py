@@ -198,12 +198,12 @@ def require_minilm_teacher() -> Path:
 
 
 # ---- shared end-to-end settings -------------------------------------------------------------------
-# The decoder comparison settings: the first 32 windows of the WikiText-2 test stream (the GPTQ
+# The decoder comparison settings: the first 16 windows of the WikiText-2 test stream (the GPTQ
 # protocol's windows, a prefix) and 16 calibration windows; one dense record at these settings
 # serves every e2e decoder comparison. The whole protocol (749 windows) is checked once, on the
 # dense model (test_end_to_end.py). A physically smaller model's speedup is timed on 2 windows,
 # 3 interleaved passes (the spread of 3 is all a test reads).
-DECODER = {"eval.max_windows": 32, "calib.nsamples": 16, "timing.inputs": 2, "timing.repeats": 3}
+DECODER = {"eval.max_windows": 16, "calib.nsamples": 16, "timing.inputs": 2, "timing.repeats": 3}
 # The encoder plumbing settings: the shipped teacher, short features, 64 evaluation examples, 16
 # calibration features and 8 timed examples (3 passes) reach every stage; one dense baseline serves
 # every e2e module that uses them.

@@ -75,7 +75,7 @@ def test_table3_holds_reported_and_reproduced_rows(grid, ppl, tmp_path):
     assert row["ppl_plm"] == pytest.approx(ppl["dense"])
     assert row["record"] and row["hardware"] and row["seqlen"] == 512
     # the 32-window records are partial: out of the table unless asked for, then marked
-    assert row["partial"] == "eval.max_windows=32; calib.nsamples=16 < 128" and pd.isna(row["delta_ppl"])
+    assert row["partial"] == "eval.max_windows=16; calib.nsamples=16 < 128" and pd.isna(row["delta_ppl"])
     assert not (build_table(TABLES["table3"], records)["source"] == "reproduced").any()
     assert "\\toprule" in tex.read_text() and row["record"] in tex.read_text()
 

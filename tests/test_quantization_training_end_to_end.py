@@ -51,7 +51,7 @@ def test_qlora_lowers_perplexity_relative_to_nf4_without_adaptors(shared_results
     common = {"task": "lm_finetune", "eval.max_windows": 32, **CLAIMS_NUMERICS}
     nf4 = run(base_config(shared_results, method="nf4", **common))
     qlora = run(base_config(shared_results, method="qlora", **{**common, **SEEDED},
-                            **{"method.r": 8, "train": "cpu_short", "train.steps": 20, "train.batch_size": 4,
+                            **{"method.r": 8, "train": "cpu_short", "train.steps": 10, "train.batch_size": 4,
                                "train.lr": 1e-3, "train.checkpoint_every": 0}))
     # trained on the WikiText-2 valid text, never the test split: by name in the config, by content in the identity
     from conftest import DATA_ROOT

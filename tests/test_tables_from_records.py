@@ -110,7 +110,7 @@ def test_remeasure_replaces_a_record_by_its_rerun_with_the_kernel_stage(tmp_path
     from eval.records import RecordStore
     from tables.remeasure import remeasure
 
-    old = run(base_config(tmp_path, method="top_drop", **DECODER, **{"timing.repeats": 3}))
+    old = run(base_config(tmp_path, method="top_drop", **DECODER))
     del old["config"]["method"]["preset"]        # as in a record of before presets named themselves
     RecordStore(tmp_path).write(old)
     out = remeasure(tmp_path, timing={"inputs": 2, "repeats": 3})

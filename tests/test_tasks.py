@@ -58,3 +58,23 @@ def test_unknown_task_is_refused(make_config):
     from eval.pipeline import ConfigError, plan
     with pytest.raises(ConfigError, match=r"unknown task 'glue_sst2'; known: lm, mnli, qqp, squad"):
         plan(make_config(**{"task.name": "glue_sst2"}))
+
+
+def test_a_calibration_stream_is_tokenised_once_per_process_and_again_when_its_file_changes(tmp_path, tiny,
+                                                                                              monkeypatch):
+    import os
+
+    from eval import data as data_mod
+    texts = []
+    real = data_mod.tokenize
+    monkeypatch.setattr(data_mod, "tokenize", lambda tok, text: texts.append(text) or real(tok, text))
+    src = data_mod.DataSource.from_config(tmp_path, offline=True)
+    f = tmp_path / "calib.txt"
+    f.write_text("the river flows north through the city. " * 50)
+    first = data_mod.calibration_stream("file", src, tiny.tokenizer, path=str(f))
+    assert torch.equal(data_mod.calibration_stream("file", src, tiny.tokenizer, path=str(f)), first)
+    assert len(texts) == 1                                   # a sweep's second run reuses the tokens
+    f.write_text("a different calibration text, of another length. " * 50)
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    second = data_mod.calibration_stream("file", src, tiny.tokenizer, path=str(f))
+    assert len(texts) == 2 and not torch.equal(second[:first.numel()], first[:second.numel()])

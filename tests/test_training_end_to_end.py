@@ -21,16 +21,11 @@ def distilled(shared_results):
     return {m: run(base_config(shared_results, method=m, **DISTILL)) for m in ("distilbert", "distill_labels")}
 
 
-# plumbing: 10 steps reach every stage of a trained run
-PLUMBING = {**ENCODER, "train.steps": 10, "train.batch_size": 4, "train.checkpoint_every": 0}
-
-
 @pytest.fixture(scope="module")
-def plumbing(shared_results):
+def svd(shared_results):
     require_minilm_teacher()
     from eval.pipeline import run
-    return {"distilbert": run(base_config(shared_results, method="distilbert", **PLUMBING)),
-            "svd": run(base_config(shared_results, method="svd", **ENCODER, **{"method.finetune": "none"}))}
+    return run(base_config(shared_results, method="svd", **ENCODER, **{"method.finetune": "none"}))
 
 
 @pytest.mark.claims
@@ -47,8 +42,7 @@ def test_distilled_student_beats_the_label_trained_student(distilled, record_pro
 
 
 @pytest.mark.e2e
-def test_svd_factorisation_is_smaller_and_recorded(plumbing):
-    svd = plumbing["svd"]
+def test_svd_factorisation_is_smaller_and_recorded(svd):
     comp = svd["compression"]
     assert comp["kind"] == "low_rank" and abs(comp["comp_rate"] - 0.5) < 0.01
     assert comp["params_after"] < comp["params_before"]
@@ -56,17 +50,18 @@ def test_svd_factorisation_is_smaller_and_recorded(plumbing):
 
 
 @pytest.mark.e2e
-def test_tables_6_and_7_take_the_records(plumbing):
+def test_tables_6_and_7_take_the_records(distilled, svd):
+    """The claim's distilled student (its runs reach every stage of a trained run) and SVD."""
     from tables.build import TABLES, build_table, to_latex
 
-    kd, records = plumbing["distilbert"], list(plumbing.values())
-    assert kd["training"]["steps"] == 10 and kd["compression"]["student_layers"] == 3
+    kd, records = distilled["distilbert"], [distilled["distilbert"], svd]
+    assert kd["training"]["steps"] == STEPS and kd["compression"]["student_layers"] == 3
     t6 = build_table(TABLES["table6"], records, include_partial=True)
     mine = t6[t6["source"] == "reproduced"]
     assert list(mine["method"]) == ["DistilBERT"]
     row = mine.iloc[0]
     assert row["distill_source"] == "L" and row["layer_matching"] == "none" and row["preset"] == "distilbert"
-    assert row["squad"] == pytest.approx(kd["delta"], abs=0.01) and row["train_steps"] == 10
+    assert row["squad"] == pytest.approx(kd["delta"], abs=0.01) and row["train_steps"] == STEPS
     t7 = build_table(TABLES["table7"], records, include_partial=True)
     assert list(t7[t7["source"] == "reproduced"]["method"]) == ["SVD"]
     assert "DistilBERT" in to_latex(TABLES["table6"], t6) and "SVD" in to_latex(TABLES["table7"], t7)
