@@ -145,7 +145,7 @@ bench: model
 # The kernel benchmark on this machine (CPU: about 10 minutes on 2 cores) -> results/bench/kernels-cpu.json;
 # on a GPU machine: scripts/bench_kernels_gpu.sh
 bench-kernels: model
-	$(PY) kernels/bench.py $(ARGS)
+	$(PY) scripts/bench_kernels.py $(ARGS)
 
 bench-train: model
 	$(PY) scripts/bench_train.py $(FINETUNED)

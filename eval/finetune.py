@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from eval.records import record_id
+from methods.training.objectives import label_loss
 
 log = logging.getLogger("compbench")
 DONE = "finetune.json"
@@ -54,11 +55,6 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
             "training": fit.to_record(), "metrics": metrics, "headline": task.headline(metrics)}
     (out / DONE).write_text(json.dumps(info, indent=2))
     return info
-
-
-def label_loss(student_out, teacher_out, batch) -> torch.Tensor:
-    """The task's own loss on its labels (the model computes it from the batch's targets)."""
-    return student_out.loss
 
 
 def ensure_finetuned(model_name: str, model_path: str, task, ft: dict[str, Any], cache: Path,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from eval import provenance, speedup
+from eval import provenance
 from eval.data import DataMissing
 from eval.locks import RecordLock
 from eval.records import RecordStore, ResultsUnwritable, record_id
@@ -40,6 +40,7 @@ from methods.core.apply import apply_method
 from methods.core.compose import Compose
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.model_facts import measure
+from methods.core import speedup
 from methods.training.checkpoints import UnsafeCheckpoint
 from methods.training.trainer import TrainConfig, Trainer
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from kernels.timing import decode_tokens_per_s, prefill_seconds, seconds
+from kernels.timing import decode_tokens_per_s, prefill_seconds
+from methods.core.hardware import seconds
 
 DECODE_PROMPT, DECODE_TOKENS = 16, 32
 
@@ -46,9 +47,9 @@ def fastest(*runs: dict[str, float]) -> dict[str, float]:
 def interleaved(dense: torch.nn.Module, converted: torch.nn.Module, batches: list[dict], role: str,
                 device: torch.device, repeats: int) -> dict[str, Any]:
     """`measure` of the dense and the converted model, alternately, `repeats` times: every pass of
-    both, and the per-pass speedups' median and quartiles (eval/speedup.py). The table's figure is
+    both, and the per-pass speedups' median and quartiles (methods/core/speedup.py). The table's figure is
     the decode throughput ratio for decoders, the forward time ratio for encoders."""
-    from eval.speedup import paired
+    from methods.core.speedup import paired
     passes: dict[str, list[dict[str, float]]] = {"dense": [], "converted": []}
     for _ in range(repeats):
         passes["dense"].append(measure(dense, batches, role, device))

@@ -1,18 +1,10 @@
-"""Timing: torch.utils.benchmark (a warm-up call, then blocked autorange; the median), which
-synchronises CUDA around every block; and the end-to-end latencies of a model: prefill of a
-prompt and greedy decode steps with the KV cache."""
+"""The end-to-end latencies of a model: prefill of a prompt and greedy decode steps with the KV
+cache, timed by `methods.core.hardware.seconds`."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from torch.utils import benchmark
 
-
-def seconds(fn: Callable[[], object], min_run_time: float = 0.2) -> float:
-    """Median seconds of one `fn()` call."""
-    fn()
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+from methods.core.hardware import seconds
 
 
 @torch.inference_mode()

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${1:-results/bench}
 shift || true
 SLUG=$(python -c 'import re, torch; print(re.sub("[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-"))')
-python kernels/bench.py profile=gpu device=cuda out="$OUT_DIR/kernels-$SLUG.json" "$@"
+python scripts/bench_kernels.py profile=gpu device=cuda out="$OUT_DIR/kernels-$SLUG.json" "$@"

@@ -17,11 +17,11 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from eval.finetune import label_loss  # noqa: E402
+from methods.training.objectives import label_loss  # noqa: E402
 from eval.pipeline import resolve_device  # noqa: E402
 from eval.provenance import hardware  # noqa: E402
 from eval.tasks.base import build_task  # noqa: E402
-from kernels.ceiling import matmul_peak  # noqa: E402
+from methods.core.hardware import matmul_peak  # noqa: E402
 from methods.core.calibration import model_inputs  # noqa: E402
 from methods.training.trainer import TrainConfig, Trainer  # noqa: E402
 

@@ -56,7 +56,7 @@ def test_attention_maps_match_the_models_own_attention_probabilities():
 
 
 def test_logit_kl_equals_its_definition():
-    from methods.distillation.losses import logit_kl
+    from methods.training.objectives import logit_kl
     s, t = torch.randn(5, 3), torch.randn(5, 3)
     tau = 3.0
     p, q = torch.softmax(t / tau, -1), torch.softmax(s / tau, -1)

@@ -399,7 +399,7 @@ def test_greedy_rearrangement_returns_the_reference_procedures_mask():
 def test_batch_fisher_is_the_sum_of_squared_minibatch_gradients():
     from methods.core.arch import family_of
     from methods.pruning.encoder_units import masks_applied
-    from methods.pruning.encoder_units import rebatch
+    from methods.core.calibration import rebatch
     from methods.pruning.kwon import minibatch_mask_gradients
     from tiny_encoders import batches, tiny_bert
     model = tiny_bert(layers=2, qa=True, dropout=0.0).double()

@@ -139,7 +139,7 @@ def test_encoder_families_take_svd_and_lora(kind):
 
 
 def test_hard_concrete_gates():
-    from methods.lowrank.hard_concrete import HardConcrete
+    from methods.core.hard_concrete import HardConcrete
     g = HardConcrete(6)
     with torch.no_grad():
         g.log_alpha.copy_(torch.tensor([-8.0, -2.0, 0.0, 2.0, 4.0, 8.0]))

@@ -66,7 +66,7 @@ class _Adaptor(TrainedMethod):
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
         from peft import get_peft_model
 
-        from eval.finetune import label_loss
+        from methods.training.objectives import label_loss
         total = inputs.trainer.total_steps(len(inputs.data(0)))
         peft_model = get_peft_model(model, self.peft_config(model, family, total))
         on_step = getattr(self, "on_step", None)

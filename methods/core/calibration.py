@@ -20,6 +20,27 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None
     return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
 
+def rebatch(batches: list[dict], size: int) -> list[dict]:
+    """The same samples in mini-batches of `size`, in order (sequences padded with 0 to the longest
+    of each mini-batch where batches differ in length)."""
+    rows: list[dict] = []
+    for b in batches:
+        n = next(iter(b.values())).shape[0]
+        rows += [{k: v[j] for k, v in b.items()} for j in range(n)]
+    out = []
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        merged = {}
+        for k in chunk[0]:
+            vals = [r[k] for r in chunk]
+            if vals[0].dim() == 1:
+                width = max(v.shape[0] for v in vals)
+                vals = [torch.nn.functional.pad(v, (0, width - v.shape[0])) for v in vals]
+            merged[k] = torch.stack(vals)
+        out.append(merged)
+    return out
+
+
 @dataclass(frozen=True)
 class TokenWindows:
     """Calibration windows of a causal LM, shape (n, seqlen)."""

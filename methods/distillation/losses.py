@@ -21,16 +21,11 @@ from torch import nn
 
 from methods.distillation.matching import Matching
 from methods.distillation.taps import Features
+from methods.training.objectives import logit_kl
 
 SOURCES = ("logits", "hard", "hidden", "attention", "embeddings", "relations", "mh_relations")
 SURVEY_LETTER = {"logits": "L", "hidden": "H", "attention": "A", "relations": "A", "mh_relations": "A",
                  "embeddings": "T"}
-
-
-def logit_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
-    s, t = s.float() / temperature, t.float() / temperature
-    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
-                    reduction="batchmean") * temperature ** 2
 
 
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

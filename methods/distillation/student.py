@@ -5,7 +5,7 @@ import copy
 
 from torch import nn
 
-from methods.pruning.block_drop import delete_blocks
+from methods.core.surgery import delete_blocks
 
 INITS = ("every_other", "first", "skip", "last")
 

@@ -24,7 +24,7 @@ from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, Tra
 from methods.core.model_facts import ModelSize
 from methods.core.outputs import task_logits
 from methods.lowrank.factorized import FactorizedLinear, svd_factors
-from methods.lowrank.hard_concrete import HardConcrete, lagrangian
+from methods.core.hard_concrete import HardConcrete, lagrangian
 
 
 class GatedFactorized(nn.Module):
@@ -105,7 +105,7 @@ class FLOP(TrainedMethod):
         return {"table7": TableRow(self.lab, self.ref, cost="high", columns={"target": "P", "preset": self.preset})}
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
-        from methods.distillation.losses import logit_kl
+        from methods.training.objectives import logit_kl
         from methods.distillation.taps import Tapped
 
         gated, owners = {}, {}

@@ -78,7 +78,7 @@ class LowRankSVD(TrainedMethod):
             self.factor_params += new.first.weight.numel() + new.second.weight.numel()
             replace_module(block, name, new)
         if self.finetune == "labels":
-            from eval.finetune import label_loss
+            from methods.training.objectives import label_loss
             inputs.fit(model, label_loss)
         elif self.finetune == "distill":
             from methods.distillation.distill import distill_same_depth

@@ -12,22 +12,12 @@ from torch import nn
 from methods.core.base import CompressionResult, Kind, ModelMethod, TableRow, register
 from methods.core.calibration import CalibrationData
 from methods.core.model_facts import ModelSize
+from methods.core.surgery import delete_blocks
 
 
 def block_influence(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
     return float(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean())
-
-
-def delete_blocks(model: nn.Module, family, drop: list[int]) -> None:
-    blocks = family.blocks(model)
-    for i in sorted(drop, reverse=True):
-        del blocks[i]
-    model.config.num_hidden_layers = len(blocks)
-    for i, block in enumerate(blocks):  # keep cache indices consecutive
-        for mod in block.modules():
-            if hasattr(mod, "layer_idx"):
-                mod.layer_idx = i
 
 
 @register("block_drop")

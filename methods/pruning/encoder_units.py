@@ -84,27 +84,6 @@ def prune_with_masks(model: nn.Module, family, head_mask: torch.Tensor, neuron_m
                      (neuron_mask[i] == 0).nonzero().flatten().tolist())
 
 
-def rebatch(batches: list[dict], size: int) -> list[dict]:
-    """The same samples in mini-batches of `size`, in order (sequences padded with 0 to the longest
-    of each mini-batch where batches differ in length)."""
-    rows: list[dict] = []
-    for b in batches:
-        n = next(iter(b.values())).shape[0]
-        rows += [{k: v[j] for k, v in b.items()} for j in range(n)]
-    out = []
-    for i in range(0, len(rows), size):
-        chunk = rows[i:i + size]
-        merged = {}
-        for k in chunk[0]:
-            vals = [r[k] for r in chunk]
-            if vals[0].dim() == 1:
-                width = max(v.shape[0] for v in vals)
-                vals = [torch.nn.functional.pad(v, (0, width - v.shape[0])) for v in vals]
-            merged[k] = torch.stack(vals)
-        out.append(merged)
-    return out
-
-
 def reference_batch_size(model: nn.Module) -> int:
     """The mini-batch of Kwon et al.'s and Kprune's reference code: 12 for SQuAD, 32 for GLUE."""
     return 12 if hasattr(model, "qa_outputs") else 32

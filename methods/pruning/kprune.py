@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.core.base import TableRow, register
-from methods.core.calibration import InputBatches, model_inputs
+from methods.core.calibration import InputBatches, model_inputs, rebatch
 from methods.core.hooks import forward_hooks
 from methods.core.outputs import task_logits
-from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, layer_shapes, rebatch,
+from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, layer_shapes,
                                            reference_batch_size, unit_flops)
 from methods.pruning.structure import remove_units, struct_spec, units
 

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from methods.core.base import TableRow, register
-from methods.core.calibration import InputBatches, model_inputs
+from methods.core.calibration import InputBatches, model_inputs, rebatch
 from methods.core.hooks import forward_hooks
 from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, masks_applied, prune_with_masks,
-                                           rebatch, reference_batch_size, unit_flops)
+                                           reference_batch_size, unit_flops)
 from methods.pruning.mask_tuning import tune_like_reference
 from methods.pruning.structure import struct_spec
 

@@ -55,9 +55,8 @@ from torch import nn
 
 from methods.core.arch import weight_matrix
 from methods.core.base import ModelMethod, TableRow, register
-from methods.core.calibration import InputBatches, model_inputs
+from methods.core.calibration import InputBatches, model_inputs, rebatch
 from methods.core.hooks import attach, attach_attention_probs
-from methods.pruning.encoder_units import rebatch
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import quantize_weight
 

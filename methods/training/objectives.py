@@ -1,18 +1,31 @@
-"""Training objectives shared by the methods that fine-tune while they compress (pruning, QAT):
-the task loss plus logit distillation from the frozen fine-tuned teacher."""
+"""Training objectives shared by the methods that fine-tune while they compress (pruning, QAT,
+low rank, adaptors) and by the fine-tunes of the task baselines: the task loss plus logit
+distillation from the frozen fine-tuned teacher."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from methods.core.outputs import task_logits
-from methods.distillation.losses import logit_kl
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """A training batch (inputs and targets) on `device`."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def label_loss(student_out, teacher_out, batch) -> torch.Tensor:
+    """The task's own loss on its labels (the model computes it from the batch's targets)."""
+    return student_out.loss
+
+
+def logit_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/τ) ‖ softmax(s/τ))·τ², averaged over the rows (Hinton et al.)."""
+    s, t = s.float() / temperature, t.float() / temperature
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
+                    reduction="batchmean") * temperature ** 2
 
 
 def kd_loss(s_out, t_out, temperature: float) -> torch.Tensor:

@@ -175,7 +175,7 @@ class Trainer:
         `seed_rng=False` leaves the RNG as the caller seeded it (a fine-tune seeds once, before
         its new head is initialised). `on_resume(step)` lets a method restore the state it keeps
         outside the model (a schedule's current sparsity) when a checkpoint is resumed."""
-        from kernels.ceiling import matmul_peak
+        from methods.core.hardware import matmul_peak
 
         c = self.cfg
         self.name = name

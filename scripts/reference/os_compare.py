@@ -48,7 +48,7 @@ def planned():
 
 
 def dump(args) -> None:
-    from methods.pruning.encoder_units import rebatch
+    from methods.core.calibration import rebatch
     p = planned()
     loaded = p.task.load("cpu")
     calib = p.task.calibration(loaded, p.cfg["seed"])

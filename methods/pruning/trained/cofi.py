@@ -27,7 +27,7 @@ from torch import nn
 
 from methods.core.base import CompressionResult, Kind, RateBasis, TrainingInputs, register
 from methods.core.model_facts import ModelSize
-from methods.lowrank.hard_concrete import lagrangian
+from methods.core.hard_concrete import lagrangian
 from methods.pruning.encoder_units import encoder_flops
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.cap import HiddenStates

@@ -22,7 +22,7 @@ from torch import nn
 
 from methods.core.arch import replace_module
 from methods.core.hooks import forward_hooks
-from methods.lowrank.hard_concrete import HardConcrete
+from methods.core.hard_concrete import HardConcrete
 from methods.pruning.encoder_units import head_dim, prune_with_masks
 from methods.pruning.structure import _sliced, struct_spec, unfuse_gpt2, units
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from methods.core.base import CompressionResult, Kind, TrainingInputs, register
 from methods.core.model_facts import ModelSize
-from methods.pruning.block_drop import delete_blocks
+from methods.core.surgery import delete_blocks
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.structured import block_params
 

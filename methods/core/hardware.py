@@ -1,13 +1,21 @@
 """The device's measured ceilings, which every benchmark (kernels, training, evaluation) reports
 its achieved fraction against: the dense matmul FLOP/s peak and the memory copy bandwidth.
-Measured once per process, not taken from a datasheet."""
+Measured once per process, not taken from a datasheet; and the one timer they and the kernels'
+timings use: torch.utils.benchmark (a warm-up call, then blocked autorange; the median), which
+synchronises CUDA around every block. Ground level: it imports nothing of this project."""
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
+from torch.utils import benchmark
 
-from kernels.timing import seconds
+
+def seconds(fn: Callable[[], object], min_run_time: float = 0.2) -> float:
+    """Median seconds of one `fn()` call."""
+    fn()
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ computes half the products: its ceiling is 2× dense). Each case's output is che
 dequantized fp32 weight first. End to end: prefill latency and greedy decode tokens/s (decoders)
 or the forward time of a batch (encoders), for each format the published records use.
 
-    python kernels/bench.py [profile=cpu|gpu|smoke] [device=cuda] [out=FILE]
+    python scripts/bench_kernels.py [profile=cpu|gpu|smoke] [device=cuda] [out=FILE]
 Writes results/bench/kernels-<device>.json.
 """
 from __future__ import annotations
@@ -32,11 +32,12 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval import provenance  # noqa: E402
+from eval.models import resolve_source  # noqa: E402
 from kernels import cases, end_to_end  # noqa: E402
-from kernels.ceiling import copy_bandwidth, matmul_peak  # noqa: E402
 from kernels.convert import KernelSpec, NoKernel, convert, spec_for  # noqa: E402
-from kernels.shapes import LARGE, model_shapes  # noqa: E402
-from kernels.timing import seconds  # noqa: E402
+from kernels.shapes import LARGE  # noqa: E402
+from methods.core.arch import family_of, weight_matrix  # noqa: E402
+from methods.core.hardware import copy_bandwidth, matmul_peak, seconds  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -63,6 +64,22 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+def model_shapes(path: str) -> list[tuple[int, int]]:
+    """The distinct shapes of the compressible linears of one block of the model at `path`."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(resolve_source(path))
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    family = family_of(config.model_type)
+    try:
+        blocks = family.blocks(model)
+    except ValueError:   # a bare AutoModel lacks the task wrapper's prefix (model.layers -> layers)
+        blocks = next(m for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList))
+    shapes = [tuple(weight_matrix(m).shape) for m in family.linears(blocks[0]).values()]
+    return list(dict.fromkeys(shapes))
 
 
 def shape_sets(names: list[str], models: dict) -> dict[str, list[tuple[int, int]]]:
@@ -177,7 +194,6 @@ def record_formats(dirs: list[str]) -> dict[str, set[str]]:
 def load_model(spec: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForQuestionAnswering
 
-    from eval.models import resolve_source
     if spec["role"] == "decoder":
         cls, path = AutoModelForCausalLM, spec["path"]
     else:
