@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -25,7 +26,7 @@ import shutil
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -81,13 +82,29 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count for one run (null: torch's default for this machine), restored
+    afterwards, so that one run of a multirun cannot leave its setting to the next or to its
+    caller; the count is part of the identity."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads or DEFAULT_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def plan(cfg: dict[str, Any]) -> RunPlan:
-    """Check everything that can be checked without loading weights or data."""
+    """Check everything that can be checked without loading weights or data; the identity is taken
+    under the run's own thread count (it holds it: eval/identity.numerics)."""
     cfg = copy.deepcopy(cfg)
     check(cfg)
-    # every run sets its own thread count (null: torch's default for this machine), so that one run
-    # of a multirun cannot leave its setting to the next; the count is part of the identity
-    torch.set_num_threads(int(cfg.get("threads") or DEFAULT_THREADS))
+    with thread_count(cfg.get("threads")):
+        return _plan(cfg)
+
+
+def _plan(cfg: dict[str, Any]) -> RunPlan:
     mcfg = dict(cfg["method"])
     name = mcfg.pop("name")
     try:
@@ -293,6 +310,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
     p = plan(cfg)
+    with thread_count(p.cfg.get("threads")):
+        return _run(p, t_start)
+
+
+def _run(p: RunPlan, t_start: float) -> dict[str, Any]:
     store = RecordStore(p.cfg["paths"]["results"])
     store.remove_partials()
     force = p.cfg.get("force", False)

@@ -61,3 +61,18 @@ def test_sparsegpt_nm_on_every_family(family_model):
             w = weight_matrix(layer)
             assert torch.all((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2), name
     assert measure(lm.model, lm.family).linear_sparsity == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("config", ["bert", "deberta-v2"])
+def test_a_perplexity_task_refuses_every_encoder_family_by_its_role(config, make_config, tmp_path):
+    """The family's role decides, not its name: DeBERTa-v2 is refused like BERT."""
+    from transformers import AutoConfig
+
+    from eval.tasks.base import build_task
+    from methods.core.arch import FAMILIES
+    AutoConfig.for_model(config, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64).save_pretrained(tmp_path / "encoder")
+    task = build_task(make_config(**{"model.path": str(tmp_path / "encoder")}))
+    with pytest.raises(ValueError, match="is an encoder .* perplexity runs need a causal LM"):
+        task.prepare()
+    assert {f.name for f in FAMILIES.values() if f.role == "encoder"} == {"bert", "deberta_v2"}

@@ -156,14 +156,13 @@ def test_data_files_are_identified_by_content(make_config, tmp_path):
     assert c.dense_rid == a.dense_rid and c.rid != a.rid       # calibration text changed, test text did not
 
 
-def test_the_thread_count_is_part_of_the_identity(make_config):
+def test_the_thread_count_is_part_of_the_identity_and_scoped_to_the_run(make_config):
     import torch
     before = torch.get_num_threads()
-    try:
-        one, two = plan(make_config(threads=1)), plan(make_config(threads=2))
-    finally:
-        torch.set_num_threads(before)
+    one, two = plan(make_config(threads=1)), plan(make_config(threads=2))
+    assert torch.get_num_threads() == before          # nothing is left to the caller (or the next run)
     assert one.dense_identity["numerics"] == {"device": "cpu", "threads": 1}
+    assert two.dense_identity["numerics"] == {"device": "cpu", "threads": 2}
     assert one.rid != two.rid
 
 

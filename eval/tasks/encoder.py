@@ -14,10 +14,10 @@ from eval import glue, models, squad
 from eval.data import tokenizer_key
 from eval.qa_features import QAFeatures, decode, prepare_features
 from eval.tasks.base import Evaluation, Loaded, Task
+from methods.core.arch import FAMILIES
 from methods.core.calibration import InputBatches, model_inputs
 
 TIMING_EXAMPLES = 64  # training examples timed per pass (timing.inputs=null)
-ENCODER_FAMILIES = ("bert", "deberta_v2")
 # the last (task, data source, tokenizer, max_length, stride) tokenised, and its features: one
 # entry, as a full SQuAD training split at 384 tokens holds about 1 GB of ids
 _TRAIN_FEATURES: dict[tuple, QAFeatures] = {}
@@ -72,8 +72,9 @@ class EncoderTask(Task):
     def prepare(self) -> None:
         mc = self.cfg["model"]
         _, self.family, self.model_config = models.model_family(mc.get("finetuned") or mc["path"])
-        if self.family.name not in ENCODER_FAMILIES:
-            raise ValueError(f"task '{self.name}' needs an encoder ({', '.join(ENCODER_FAMILIES)} family), "
+        if self.family.role != "encoder":
+            encoders = ", ".join(f.name for f in FAMILIES.values() if f.role == "encoder")
+            raise ValueError(f"task '{self.name}' needs an encoder ({encoders} family), "
                              f"got a '{self.family.name}' model")
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:

@@ -36,9 +36,9 @@ class LanguageModelling(Task):
         models.resolve_dtype(mc["dtype"])
         _, self.family, self.hf_config = models.model_family(mc["path"], mc.get("trust_remote_code", False),
                                                                 mc.get("revision"))
-        if self.family.name == "bert":
-            raise ValueError(f"model '{mc['path']}' is an encoder: perplexity runs need a causal LM "
-                             f"(encoders are scored on MNLI / QQP / SQuAD)")
+        if self.family.role != "decoder":
+            raise ValueError(f"model '{mc['path']}' is an encoder ({self.family.name}): perplexity runs need a "
+                             f"causal LM (encoders are scored on MNLI / QQP / SQuAD)")
         self.seqlen = mc.get("seqlen") or models.default_seqlen(self.hf_config)
         zs = ecfg.get("zeroshot") or {}
         if zs.get("tasks") and self.data.offline and not zs.get("include_path"):

@@ -22,6 +22,7 @@ class Family:
     # through an elementwise product or a positively homogeneous activation). The first entries
     # are the norms SmoothQuant uses; AWQ uses all that fit.
     scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    role: str = "decoder"    # decoder (a causal LM: perplexity tasks) or encoder (MNLI / QQP / SQuAD)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list; `blocks_attr` may name several paths (e.g. a bare encoder vs a task head)."""
@@ -56,10 +57,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",)))),
     Family("bert", ("bert", "roberta"), "bert.encoder.layer|roberta.encoder.layer|encoder.layer",
            (("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
-            ("intermediate.dense",), ("output.dense",))),
+            ("intermediate.dense",), ("output.dense",)), role="encoder"),
     Family("deberta_v2", ("deberta-v2",), "deberta.encoder.layer|encoder.layer",
            (("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
-            ("attention.output.dense",), ("intermediate.dense",), ("output.dense",))),
+            ("attention.output.dense",), ("intermediate.dense",), ("output.dense",)), role="encoder"),
     # BLOOM: ALiBi position biases reach each block as an argument, which the engine's captured
     # block inputs carry like any other
     Family("bloom", ("bloom",), "transformer.h",
