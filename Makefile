@@ -118,8 +118,8 @@ table7: model
 	$(PY) scripts/run.py +sweep=table7 method=lora,adalora $(ENCODER) $(TRAINED) train.lr=5e-4 $(ARGS)
 	$(PY) scripts/tables.py print=true tables=[table7] include_partial=true $(filter paths.results=%,$(ENCODER))
 
-# The tiers (tests/conftest.py): `test-fast` is the unit tier (no model through the pipeline; 109-132 s,
-# the goal is 3 minutes); `test` is every tier, e2e and claims included (868-892 s from a fresh clone
+# The tiers (tests/conftest.py): `test-fast` is the unit tier (no model through the pipeline; 109 s,
+# the goal is 3 minutes); `test` is every tier, e2e and claims included (702 s from a fresh clone
 # on 2 idle cores on xdist workers; the goal is 12 minutes; CI runs it).
 # Both print the wall time and the 15 slowest tests; ARGS passes pytest options (e.g. ARGS="-m claims").
 # The workers take whole modules, longest first (tests/durations.json, which test-durations rewrites).
