@@ -12,7 +12,29 @@ from methods.quantization.quantizer import FP16_BITS, QuantizedTensor, QuantSpec
     stored_bits
 
 
-class QuantLedger(Method):
+class StorageLedger(Method):
+    """What a quantized model stores, layer by layer: codes, statistics and anything kept aside.
+    A method whose quantizer is its own (the QAT rows) passes each layer's code bits and groups;
+    `QuantLedger` below derives them from its uniform spec."""
+
+    def _open_ledger(self, nominal_base: int | None) -> None:
+        if nominal_base is not None and nominal_base not in (8, 16, 32):
+            raise ValueError(f"nominal_base counts bits against a float or int format: 8, 16 or 32, got {nominal_base}")
+        self.nominal_base = nominal_base
+        self.ledger: dict[str, tuple[float, int]] = {}  # "block.name" -> (stored bits, weights)
+
+    def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float, n_groups: float,
+                stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
+        """Record what this layer costs in storage (codes + statistics + anything kept aside)."""
+        self.ledger[f"{block_index}.{name}"] = (stored_bits(rows, cols, bits, n_groups, stat_bits, extra_bits),
+                                                rows * cols)
+
+    def totals(self) -> tuple[float, int]:
+        """(stored bits, quantized weights) over every layer accounted so far."""
+        return sum(b for b, _ in self.ledger.values()), sum(n for _, n in self.ledger.values())
+
+
+class QuantLedger(StorageLedger):
     """Weights quantized to `wbits` (symmetric or not; per tensor / channel / group of
     `group_size` inputs; min-max or MSE clipping). Subclasses call `account` once per layer.
 
@@ -27,36 +49,27 @@ class QuantLedger(Method):
     def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1,
                  granularity: str | None = None, clip: str = "minmax", nominal_base: int | None = None):
         self.spec = QuantSpec.from_knobs(wbits, sym, group_size, granularity, clip)
-        if nominal_base is not None and nominal_base not in (8, 16, 32):
-            raise ValueError(f"nominal_base counts bits against a float or int format: 8, 16 or 32, got {nominal_base}")
-        self.nominal_base = nominal_base
-        self.ledger: dict[str, tuple[float, int]] = {}  # "block.name" -> (stored bits, weights)
+        self._open_ledger(nominal_base)
         self.ragged: dict[str, tuple[int, int]] = {}    # "block.name" -> (input width, last group's width)
         self.keeps_codes = True
 
     def account(self, block_index: int, name: str, rows: int, cols: int, *, bits: float | None = None,
                 n_groups: float | None = None, stat_bits: float = 2 * FP16_BITS, extra_bits: float = 0.0) -> None:
-        """Record what this layer costs in storage (codes + statistics + anything kept aside)."""
-        # n_groups=0 (codes without group statistics) is all that trained quantizers, which keep
-        # their own quantizer instead of this ledger's spec, ever pass: it is tested first
+        """Record what this layer costs in storage; bits and groups default to the spec's."""
         if n_groups != 0 and self.spec.granularity == "group" and cols % self.spec.group_size:
             self.ragged[f"{block_index}.{name}"] = (cols, cols % self.spec.group_size)
         if n_groups is None:
             n_groups = groups_per_row(self.spec, cols)
             if self.spec.granularity == "tensor":
                 extra_bits += stat_bits  # one scale/zero pair for the whole matrix
-        total = stored_bits(rows, cols, self.spec.bits if bits is None else bits, n_groups, stat_bits, extra_bits)
-        self.ledger[f"{block_index}.{name}"] = (total, rows * cols)
+        StorageLedger.account(self, block_index, name, rows, cols, bits=self.spec.bits if bits is None else bits,
+                              n_groups=n_groups, stat_bits=stat_bits, extra_bits=extra_bits)
 
     def store_codes(self, layer: nn.Module, codes: QuantizedTensor) -> None:
         """Keep the layer's integer codes beside its dequantized weight, for kernels.convert
         (`keeps_codes` = false, the engine's `keep_codes`, saves their CPU memory on large models)."""
         if self.keeps_codes:
             keep_codes(layer, codes)
-
-    def totals(self) -> tuple[float, int]:
-        """(stored bits, quantized weights) over every layer accounted so far."""
-        return sum(b for b, _ in self.ledger.values()), sum(n for _, n in self.ledger.values())
 
     def result(self, before: ModelSize, after: ModelSize) -> CompressionResult:
         stored, weights = self.totals()

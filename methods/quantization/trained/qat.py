@@ -20,14 +20,14 @@ from torch.nn.utils import parametrize
 
 from methods.core.base import CompressionResult, Kind, TableRow, TrainingInputs
 from methods.core.model_facts import ModelSize
-from methods.quantization.base import QuantLedger
+from methods.quantization.base import StorageLedger
 from methods.quantization.codebooks import FP32_BITS
 from methods.quantization.trained.fake_quant import (ActQuant, FakeQuantLinear, WeightQuantizer, freeze_linears,
                                                      wrap_linears)
 from methods.training.row_method import RowMethod
 
 
-class QATMethod(QuantLedger, RowMethod):
+class QATMethod(StorageLedger, RowMethod):
     """`wbits`/`abits`: the code bits of weights and activations (abits ≥ 16: weights only);
     `embeddings`: quantize the word embedding too; `distill`: weight of logit KD from the
     fine-tuned teacher (0: labels only, no teacher loaded)."""
@@ -40,8 +40,7 @@ class QATMethod(QuantLedger, RowMethod):
                  tables: Sequence[str] = ("table4",)):
         RowMethod.__init__(self, preset, label, ref, distill, temperature, deviations, tables)
         self.uniform, self.wbits, self.abits, self.embeddings = uniform, wbits, abits, embeddings
-        self.nominal_base = nominal_base
-        self.ledger: dict[str, tuple[float, int]] = {}
+        self._open_ledger(nominal_base)
 
     def row(self) -> TableRow:
         return TableRow(self.lab, self.ref, uniform=self.uniform, cost="high", columns={"preset": self.preset})
