@@ -117,7 +117,16 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt").input_ids[0]
 
 
-_EVAL_STREAMS: dict[tuple, torch.Tensor] = {}
+_STREAMS: dict[tuple, torch.Tensor] = {}
+
+
+def memoised_stream(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The one per-process memo of tokenised streams (evaluation and calibration), so that a sweep
+    tokenises each text once. `key` names everything the stream depends on; callers never write
+    to the tensor it returns."""
+    if key not in _STREAMS:
+        _STREAMS[key] = make()
+    return _STREAMS[key]
 
 
 def tokenizer_key(tokenizer) -> str | int:
@@ -132,10 +141,8 @@ def eval_tokens(name: str, src: DataSource, tokenizer, seqlen: int) -> torch.Ten
     wikitext2: the test rows joined with "\\n\\n". c4: the "c4-new" protocol, the first 1,100
     validation documents joined with " ", cut to 256 x seqlen tokens.
     """
-    key = (name, src, tokenizer_key(tokenizer), seqlen)
-    if key not in _EVAL_STREAMS:
-        _EVAL_STREAMS[key] = _eval_tokens(name, src, tokenizer, seqlen)
-    return _EVAL_STREAMS[key]
+    return memoised_stream(("eval", name, src, tokenizer_key(tokenizer), seqlen),
+                           lambda: _eval_tokens(name, src, tokenizer, seqlen))
 
 
 def _eval_tokens(name: str, src: DataSource, tokenizer, seqlen: int) -> torch.Tensor:
@@ -184,19 +191,15 @@ def calibration_windows(source: str, src: DataSource, tokenizer, nsamples: int, 
     return sample_token_windows(calibration_stream(source, src, tokenizer, path, join), nsamples, seqlen, seed)
 
 
-_CALIB_STREAMS: dict[tuple, torch.Tensor] = {}
-
-
 def calibration_stream(source: str, src: DataSource, tokenizer, path: str | None = None,
                        join: str = "\n\n") -> torch.Tensor:
     """The token stream of a one-text calibration source (WikiText-2 train, or a local file),
     memoised per process for sweeps like the evaluation streams (a file by its path, size and
     modification time). Callers index it and never write to it."""
     if source == "wikitext2":
-        key: tuple = (source, src, tokenizer_key(tokenizer), join)
-        if key not in _CALIB_STREAMS:
-            _CALIB_STREAMS[key] = tokenize(tokenizer, wikitext2_text(src, "train", join=join))
-    elif source == "file":
+        return memoised_stream(("calib", source, src, tokenizer_key(tokenizer), join),
+                               lambda: tokenize(tokenizer, wikitext2_text(src, "train", join=join)))
+    if source == "file":
         if not path:
             raise ValueError("calib.source=file needs calib.path=<text file>")
         file = Path(path)
@@ -205,12 +208,9 @@ def calibration_stream(source: str, src: DataSource, tokenizer, path: str | None
         if not file.is_file():
             raise DataMissing(f"calibration file {file} does not exist; set calib.path to a text file")
         stat = file.stat()
-        key = (source, str(file), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer))
-        if key not in _CALIB_STREAMS:
-            _CALIB_STREAMS[key] = tokenize(tokenizer, file.read_text(encoding="utf-8"))
-    else:
-        raise ValueError(f"unknown calibration source '{source}'; known: {', '.join(CALIB_SOURCES)}")
-    return _CALIB_STREAMS[key]
+        return memoised_stream(("calib", source, str(file), stat.st_size, stat.st_mtime_ns, tokenizer_key(tokenizer)),
+                               lambda: tokenize(tokenizer, file.read_text(encoding="utf-8")))
+    raise ValueError(f"unknown calibration source '{source}'; known: {', '.join(CALIB_SOURCES)}")
 
 
 class _C4Texts:
