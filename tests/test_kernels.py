@@ -340,8 +340,9 @@ def test_convert_smoothquant_w8a8_runs_the_int8_product_and_scores_alike(tmp_pat
     k = rec["kernels"]
     assert k["format"] == "w8a8" and k["backends"] == ["torch._int_mm (int8 x int8 -> int32)"] and k["layers"] == 28
     fake, kern = k["score_fake_quant"]["wikitext2"], k["score"]["wikitext2"]
-    # the exact int32 product against the fake-quantized fp32 one: on this CI machine's CPU (AMD
-    # EPYC) it gave 1.58e-4 over 4 windows of 512 tokens and gives 4.6e-5 over these 4 of 128
-    # (activation codes at a rounding boundary flip by one between the two paths); the weight-only
-    # int4 check above holds 1e-4
-    assert abs(kern / fake - 1) < 3e-4, (kern, fake)
+    # the exact int32 product against the fake-quantized fp32 one: activation codes at a rounding
+    # boundary flip by one between the two paths, and which ones flip depends on the CPU's kernels.
+    # Measured over these 4 windows of 128 tokens (1 and 2 threads alike): -2.9e-4 with AVX-512,
+    # 4.6e-5 with AVX2, 1.1e-4 without SIMD (ATEN_CPU_CAPABILITY=avx512|avx2|default), and -4.7e-4
+    # on a CI machine. A wrong scale, zero point or transpose moves it by more than 1e-2.
+    assert abs(kern / fake - 1) < 1e-3, (kern, fake)
