@@ -281,8 +281,8 @@ def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation,
     them (the headline must match the fake-quantized one within the kernels' rounding) and time
     the converted model end to end against the dense copy, interleaved, in this process."""
     from kernels import end_to_end
-    from kernels.convert import NoKernel, convert
-    from kernels.formats import NO_KERNEL_BACKEND
+    from kernels.convert import convert
+    from kernels.formats import NoKernel
     try:
         conv = convert(loaded.model, {"compression": compression}, p.device)
     except NoKernel as err:
@@ -295,9 +295,8 @@ def _kernel_check(p: RunPlan, loaded: Loaded, compression: dict, ev: Evaluation,
                            "dtype": _dtype(loaded.model)}
     if not conv.layers:
         return {**out, "reason": "nothing to convert: the compressed model's dense matrices are its format"}
-    if all(b == NO_KERNEL_BACKEND for b in out["backends"]):
-        return {**out, "reason": f"no kernel for {out['format']} on this device: its codes would be dequantized "
-                                 f"to a dense matrix per call ({NO_KERNEL_BACKEND}): no speed to measure"}
+    if conv.no_kernel():
+        return {**out, "reason": conv.no_kernel()}
     ev_k = p.task.evaluate(loaded, p.device, f"{p.method.name}+kernels")
     out.update(score=_score(ev_k), score_fake_quant=_score(ev), metrics=ev_k.metrics)
     if dense is None or batches is None:   # offloaded: no dense copy beside the model, no timing

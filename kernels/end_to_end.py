@@ -80,24 +80,11 @@ def speedups(dense: dict[str, float], converted: dict[str, float]) -> dict[str, 
 def compress_for(model: torch.nn.Module, key: str) -> None:
     """Give `model`'s compressible linears the format `key` in place, as a method would leave them
     (round-to-nearest codes kept on each linear; magnitude or 2:4 zeros), ready for convert."""
-    from kernels import cases
-    from kernels.convert import KernelSpec
-    from methods.core.arch import family_of, weight_matrix
-    from methods.quantization.act_quant import attach_act_quant
-    from methods.quantization.quantizer import keep_codes, quantize_weight
+    from kernels.formats import parse
+    from methods.core.arch import family_of
 
-    spec = KernelSpec.parse(key.replace("-cusparselt", ""))
+    fmt = parse(key)
     family = family_of(model.config.model_type)
     for block in family.blocks(model):
         for layer in family.linears(block).values():
-            W = weight_matrix(layer)
-            if spec.format in ("int8", "int4", "packed", "w8a8"):
-                qt = quantize_weight(W, cases.quant_spec(spec))
-                W.copy_(qt.dequantize().to(W.dtype))
-                keep_codes(layer, qt)
-                if spec.format == "w8a8":   # SmoothQuant's and ZeroQuant's dynamic per-token activations
-                    attach_act_quant(layer, 8, "per_token")
-            elif spec.pattern == "2:4":
-                W.copy_(cases.prune_24(W.float()).to(W.dtype))
-            elif spec.format == "sparse":
-                W.copy_(cases.prune_magnitude(W.float(), spec.sparsity).to(W.dtype))
+            fmt.compress(layer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.formats import Residual, WeightFormat
+from kernels.formats.base import Residual, WeightFormat
 
 
 class KernelLinear(nn.Module):

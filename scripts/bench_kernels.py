@@ -1,4 +1,4 @@
-"""The kernel benchmark: every format of kernels/formats.py timed against the dense matmul of the
+"""The kernel benchmark: every format of kernels/formats/ timed against the dense matmul of the
 same shape, dtype and tokens, in this process, with the device's measured ceilings; then the
 models under test end to end, dense against kernel-converted.
 
@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval import provenance  # noqa: E402
 from eval.models import resolve_source  # noqa: E402
-from kernels import cases, end_to_end  # noqa: E402
-from kernels.convert import KernelSpec, NoKernel, convert, spec_for  # noqa: E402
+from kernels import end_to_end  # noqa: E402
+from kernels.convert import convert  # noqa: E402
+from kernels.formats import NoKernel, format_for, parse  # noqa: E402
 from kernels.shapes import LARGE  # noqa: E402
 from methods.core.arch import family_of, weight_matrix  # noqa: E402
 from methods.core.hardware import copy_bandwidth, matmul_peak, seconds  # noqa: E402
@@ -95,9 +96,9 @@ def shape_sets(names: list[str], models: dict) -> dict[str, list[tuple[int, int]
 
 
 def format_dtype(key: str, prof: DictConfig) -> str:
-    """The activation dtype a format runs with: CSR in fp32 (MKL's and cuSPARSE's common dtype),
-    the rest in the profile's `act_dtype`; dense and structured formats in each dense dtype."""
-    return "float32" if key.startswith("sparse") else prof.act_dtype
+    """The activation dtype a format runs with: its own where it has one (CSR: fp32, MKL's and
+    cuSPARSE's common dtype), else the profile's `act_dtype`."""
+    return parse(key).activation_dtype or prof.act_dtype
 
 
 def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: dict) -> list[dict]:
@@ -117,7 +118,7 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
             built: dict[str, Any] = {}
             for key in prof.formats:
                 try:
-                    built[key] = cases.build(key, W, DTYPES[format_dtype(key, prof)])
+                    built[key] = parse(key).case(W, DTYPES[format_dtype(key, prof)])
                 except Exception as err:  # noqa: BLE001 - a format this device or build lacks is recorded
                     built[key] = err
             for m in tokens:
@@ -183,11 +184,11 @@ def record_formats(dirs: list[str]) -> dict[str, set[str]]:
         if rec.get("kind") != "compressed":
             continue
         try:
-            key = spec_for(rec).key
+            fmt = format_for(rec)
         except NoKernel:
             continue
-        if key != "dense":
-            found.setdefault(rec["config"]["model"]["name"], set()).add(key)
+        if fmt.swaps:
+            found.setdefault(rec["config"]["model"]["name"], set()).add(fmt.key)
     return found
 
 
@@ -239,7 +240,7 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
     for name, role, synthetic in runs:
         keys = list(dict.fromkeys([*prof.e2e_formats, *sorted(published.get(name, ()))]))
         if device.type != "cuda":
-            keys = [k for k in keys if not k.startswith("2:4")]
+            keys = [k for k in keys if not parse(k).needs_cuda]
         dense_dtypes = list(dict.fromkeys([*prof.dense_dtypes, *(format_dtype(k, prof) for k in keys)]))
         if synthetic:   # a 7B model: one copy in the kernels' dtype is what fits beside its converted copy
             dense_dtypes = [prof.act_dtype]
@@ -270,9 +271,7 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
                 model = copy.deepcopy(dense[dname])
                 end_to_end.compress_for(model, key)
                 fake = _logits(model, inputs)
-                backend = "cusparselt" if key.endswith("cusparselt") else "cutlass"
-                conv = convert(model, KernelSpec.parse(key.replace("-cusparselt", "")), device, DTYPES[dname],
-                               sparse_backend=backend)
+                conv = convert(model, parse(key), device, DTYPES[dname])
                 entry.update(conv.to_record(), format=key)
                 entry["logits_rel_err"] = rel_err(_logits(model, inputs), fake)
                 entry["converted"] = end_to_end.measure(model, batches, role, device, e2e_time)

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from conftest import require_package
-from kernels.formats import CSR, Int4, Int8, Packed, Residual, Semi24, is_24
+from kernels.formats.base import Residual
+from kernels.formats.csr import CSR
+from kernels.formats.int4 import Int4
+from kernels.formats.int8 import Int8
+from kernels.formats.packed import Packed
+from kernels.formats.semi24 import Semi24, is_24
 from kernels.linear import KernelLinear
 from methods.quantization.quantizer import QuantizedTensor, QuantSpec, pack, quantize_weight, unpack
 
@@ -72,7 +77,7 @@ def test_int8_matches_the_dequantized_codes(dtype, tol):
 def test_w8a8_matches_the_fake_quantized_activations_through_the_codes(mode, dtype, tol):
     """The int8 x int8 product, rescaled, equals what the layer's activation quantizer feeds
     the fake-quantized weight; without the activation quantization it would be ~1% off."""
-    from kernels.formats import W8A8
+    from kernels.formats.w8a8 import W8A8
     from methods.quantization.act_quant import ActQuantSpec
     qt = codes(37, 45, 8, None, sym=True)
     x = torch.randn(5, 45) * 3
@@ -216,26 +221,58 @@ def test_gptq_codes_dequantize_to_its_weight(act_order_, static):
 
 
 # ---- convert ----------------------------------------------------------------------------------------
-def test_spec_for_maps_records_to_formats():
-    from kernels.convert import NoKernel, spec_for
+def test_the_format_registry_maps_records_to_formats():
+    from kernels.formats import NoKernel, format_for
     q = {"kind": "quantized", "wbits": 4, "quant_granularity": "group", "group_size": 128}
-    assert spec_for({"compression": q}).key == "int4-w4-g128"
-    assert spec_for({**q, "group_size": 16}).key == "packed-w4-g16"
-    assert spec_for({**q, "wbits": 3, "quant_granularity": "channel"}).key == "packed-w3-ch"
-    assert spec_for({**q, "wbits": 8, "quant_granularity": "tensor", "sym": True}).key == "int8"
-    assert spec_for({**q, "wbits": 8, "quant_granularity": "channel", "sym": False}).key == "packed-w8-ch"
-    assert spec_for({"kind": "unstructured", "comp_rate": 0.5}).key == "sparse-50"
-    assert spec_for({"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}).key == "2:4"
-    assert spec_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
+    assert format_for({"compression": q}).key == "int4-w4-g128"
+    assert format_for({**q, "group_size": 16}).key == "packed-w4-g16"
+    assert format_for({**q, "wbits": 3, "quant_granularity": "channel"}).key == "packed-w3-ch"
+    assert format_for({**q, "wbits": 8, "quant_granularity": "tensor", "sym": True}).key == "int8"
+    assert format_for({**q, "wbits": 8, "quant_granularity": "channel", "sym": False}).key == "packed-w8-ch"
+    assert format_for({"kind": "unstructured", "comp_rate": 0.5}).key == "sparse-50"
+    assert format_for({"kind": "n:m", "comp_rate": 0.5, "pattern": "2:4"}).key == "2:4"
+    assert format_for({"kind": "n:m", "comp_rate": 0.5, "pattern": "4:8"}).key == "sparse-50"
+    assert format_for({"kind": "structured", "comp_rate": 0.5}).key == "dense"
     with pytest.raises(NoKernel, match="uniform"):
-        spec_for({**q, "quant_granularity": "codebook-per-row"})
+        format_for({**q, "quant_granularity": "codebook-per-row"})
     w8a8 = {**q, "wbits": 8, "sym": True, "quant_granularity": "channel", "abits": 8}
-    assert spec_for(w8a8).key == "w8a8"                      # int8 x int8, not a weight-only figure
+    assert format_for(w8a8).key == "w8a8"                      # int8 x int8, not a weight-only figure
     with pytest.raises(NoKernel, match="weight-only"):       # W3A8, W6A6: no kernel runs them
-        spec_for({**w8a8, "wbits": 3})
+        format_for({**w8a8, "wbits": 3})
     with pytest.raises(NoKernel, match="one weight scale per row"):
-        spec_for({**w8a8, "quant_granularity": "group", "group_size": 64})
-    assert spec_for({**q, "abits": 16}).key == "int4-w4-g128"
+        format_for({**w8a8, "quant_granularity": "group", "group_size": 64})
+    assert format_for({**q, "abits": 16}).key == "int4-w4-g128"
+    with pytest.raises(NoKernel, match="'codebook' has no kernel format"):
+        format_for({"kind": "codebook"})
+
+
+def test_every_format_key_parses_back_to_its_format_and_the_benchmark_names_only_known_keys():
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from kernels.formats import formats, parse
+    keys = ["int8", "w8a8", "int4-w4-g128", "packed-w3-ch", "packed-w2-g64", "sparse-90", "2:4", "2:4-cusparselt",
+            "dense", "neurons-50", "lowrank-25"]
+    assert {parse(k).name for k in keys} == {n for n, c in formats().items() if c.__module__.startswith("kernels.")}
+    assert all(parse(k).key == k for k in keys)
+    assert parse("2:4-cusparselt").backend == "cusparselt" and parse("sparse-90").sparsity == 0.9
+    bench = OmegaConf.load(ROOT / "conf" / "kernels_bench.yaml")
+    for prof in bench.profiles.values():
+        for k in [*prof.formats, *prof.e2e_formats]:
+            assert parse(k).key == k
+    with pytest.raises(ValueError, match="unknown kernel format 'int3'; known: w8a8, int8, int4, packed"):
+        parse("int3")
+
+
+def test_2_4_layers_take_csr_off_cuda_and_where_a_layer_is_not_2_4():
+    from kernels.formats import parse
+    w = torch.randn(8, 16)
+    g = w.reshape(8, 4, 4)
+    pruned = (g * torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.abs().topk(2, -1).indices, True)).reshape(8, 16)
+    fmt = parse("2:4")
+    assert fmt.on_device(torch.device("cpu"), [pruned]).key == "sparse-50"
+    assert fmt.on_device(torch.device("cuda"), [pruned, w]).key == "sparse-50"
+    assert fmt.on_device(torch.device("cuda"), [pruned]) is fmt
 
 
 def test_convert_refuses_a_model_without_codes(tiny):
