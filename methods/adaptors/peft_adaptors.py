@@ -16,7 +16,6 @@ from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, Tra
                                register)
 from methods.core.model_facts import ModelSize
 
-TARGETS = {"bert": ("query", "value"), "deberta_v2": ("query_proj", "value_proj")}
 
 
 def task_type(model: nn.Module) -> str:
@@ -54,7 +53,7 @@ class _Adaptor(TrainedMethod):
         self.adaptor_params = 0
 
     def check_family(self, family, config=None) -> None:
-        if self.targets is None and family.name not in TARGETS:
+        if self.targets is None and not family.adaptor_targets:
             raise ValueError(f"no default adaptor targets for a '{family.name}' model; set method.targets")
 
     def peft_config(self, model: nn.Module, family, total_steps: int):
@@ -95,7 +94,7 @@ class LoRA(_Adaptor):
     def peft_config(self, model, family, total_steps):
         from peft import LoraConfig
         return LoraConfig(task_type=task_type(model), r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.targets or TARGETS[family.name]))
+                          target_modules=list(self.targets or family.adaptor_targets))
 
     def count(self, model) -> int:
         return lora_params(model)
@@ -118,7 +117,7 @@ class AdaLoRA(_Adaptor):
     def peft_config(self, model, family, total_steps):
         from peft import AdaLoraConfig
         return AdaLoraConfig(task_type=task_type(model), init_r=self.init_r, target_r=self.r, lora_alpha=self.alpha,
-                             lora_dropout=self.dropout, target_modules=list(self.targets or TARGETS[family.name]),
+                             lora_dropout=self.dropout, target_modules=list(self.targets or family.adaptor_targets),
                              tinit=int(self.tinit_frac * total_steps), tfinal=int(self.tfinal_frac * total_steps),
                              deltaT=self.delta_t, beta1=self.beta1, beta2=self.beta2,
                              orth_reg_weight=self.orth_reg_weight, total_step=total_steps)

@@ -1,5 +1,7 @@
-"""Model families the sequential engine knows: where the blocks are, which linears they hold,
-and in which order GPTQ's `true_sequential` mode compresses them."""
+"""Model families: where the blocks are, which linears they hold (in the order GPTQ's
+`true_sequential` mode compresses them), and everything a method needs to know of a family:
+its role, its coupled structures (heads and MLP channels), its attention, its adaptor targets.
+One entry of FAMILIES per family; no method compares family names."""
 from __future__ import annotations
 
 import operator
@@ -8,6 +10,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The coupled units of one block that structured pruning removes together: an attention head
+    (its rows of q, k and v and its columns of o) and an MLP channel (its row of every
+    up-projection, its column of the down-projection)."""
+
+    attn: str
+    q: str
+    k: str
+    v: str
+    o: str
+    mlp_up: tuple[str, ...]   # the MLP's up-projections (gate and up, or fc1): one row per channel
+    mlp_down: str             # the MLP's down-projection: one column per channel
+    head_attrs: tuple[str, ...] = ()  # attention attributes holding the head count (OPT: num_heads)
 
 
 @dataclass(frozen=True)
@@ -23,6 +41,15 @@ class Family:
     # are the norms SmoothQuant uses; AWQ uses all that fit.
     scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
     role: str = "decoder"    # decoder (a causal LM: perplexity tasks) or encoder (MNLI / QQP / SQuAD)
+    # "bert": softmax(qkᵀ/√d) over absolute positions, post-LN blocks (BERT, RoBERTa); "deberta":
+    # disentangled relative terms; "causal": a decoder's
+    attention: str = "causal"
+    structure: Structure | None = None   # None: its blocks have no structured pruning
+    fused_qkv: bool = False              # q, k, v in one Conv1D (GPT-2): structure.unfuse_gpt2 splits it first
+    # the embeddings pass a norm before the first block (BERT), where hidden-dimension gates act on
+    # the norm; None: the structure gates do not know the family
+    embedding_norm: bool | None = None
+    adaptor_targets: tuple[str, ...] = ()   # LoRA's default targets (the papers': query and value)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list; `blocks_attr` may name several paths (e.g. a bare encoder vs a task head)."""
@@ -32,6 +59,12 @@ class Family:
             except AttributeError:
                 continue
         raise UnsupportedModel(f"no blocks at {self.blocks_attr} in {type(model).__name__}")
+
+    def mlp_linears(self) -> tuple[str, ...]:
+        """The names of a block's feed-forward linears: its structure's up- and down-projections."""
+        if self.structure is None:
+            raise UnsupportedModel(f"the '{self.name}' family names no MLP linears: give it a Structure")
+        return (*self.structure.mlp_up, self.structure.mlp_down)
 
     def linears(self, block: nn.Module) -> dict[str, nn.Module]:
         """The block's compressible linears, in true-sequential order."""
@@ -45,22 +78,36 @@ _LLAMA_LIKE = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("s
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama", "mistral", "qwen2"), "model.layers", _LLAMA_LIKE,
            (("input_layernorm", _LLAMA_LIKE[0]), ("post_attention_layernorm", _LLAMA_LIKE[2]),
-            ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",)))),
+            ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",))),
+           structure=Structure("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                               "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+           embedding_norm=False),
     Family("opt", ("opt",), "model.decoder.layers",
            (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
             ("fc1",), ("fc2",)),
            (("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("final_layer_norm", ("fc1",)), ("self_attn.v_proj", ("self_attn.out_proj",)),
-            ("fc1", ("fc2",)))),  # OPT's ReLU is positively homogeneous
+            ("fc1", ("fc2",))),  # OPT's ReLU is positively homogeneous
+           structure=Structure("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                               "self_attn.out_proj", ("fc1",), "fc2", ("num_heads",))),
     Family("gpt2", ("gpt2",), "transformer.h",
            (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
-           (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",)))),
+           (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",))),
+           # its structure once `unfuse_gpt2` has split c_attn into q, k, v linears and made every Conv1D a linear
+           structure=Structure("attn", "attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj",
+                               ("mlp.c_fc",), "mlp.c_proj", ("num_heads",)),
+           fused_qkv=True, embedding_norm=False),
     Family("bert", ("bert", "roberta"), "bert.encoder.layer|roberta.encoder.layer|encoder.layer",
            (("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
-            ("intermediate.dense",), ("output.dense",)), role="encoder"),
+            ("intermediate.dense",), ("output.dense",)), role="encoder", attention="bert",
+           structure=Structure("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
+                               "attention.output.dense", ("intermediate.dense",), "output.dense",
+                               ("num_attention_heads",)),
+           embedding_norm=True, adaptor_targets=("query", "value")),
     Family("deberta_v2", ("deberta-v2",), "deberta.encoder.layer|encoder.layer",
            (("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
-            ("attention.output.dense",), ("intermediate.dense",), ("output.dense",)), role="encoder"),
+            ("attention.output.dense",), ("intermediate.dense",), ("output.dense",)), role="encoder",
+           attention="deberta", adaptor_targets=("query_proj", "value_proj")),
     # BLOOM: ALiBi position biases reach each block as an argument, which the engine's captured
     # block inputs carry like any other
     Family("bloom", ("bloom",), "transformer.h",
@@ -78,6 +125,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 
 class UnsupportedModel(ValueError):
     pass
+
+
+def register_family(family: Family) -> Family:
+    """Add a family to FAMILIES (a model family outside this module: a newcomer's, a plugin's)."""
+    taken = {t: f.name for f in FAMILIES.values() if f.name != family.name for t in f.model_types}
+    clash = sorted(t for t in family.model_types if t in taken)
+    if family.name in FAMILIES and FAMILIES[family.name] != family or clash:
+        raise ValueError(f"family '{family.name}' clashes with a known one"
+                         + (f": model types {clash} are {sorted({taken[t] for t in clash})}'s" if clash else ""))
+    FAMILIES[family.name] = family
+    return family
 
 
 def family_of(model_type: str) -> Family:

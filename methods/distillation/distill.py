@@ -104,7 +104,7 @@ class Distill(TrainedMethod):
     def check_family(self, family, config=None) -> None:
         if config is not None:
             kept_layers(config.num_hidden_layers, self.rate)
-        if family.name != "bert" and set(self.sources) & set(NEEDS_QK):
+        if family.attention != "bert" and set(self.sources) & set(NEEDS_QK):
             raise ValueError(f"'{self.preset}' distils attention computed as BERT's softmax(qkᵀ/√d); a "
                              f"'{family.name}' model's attention differs (e.g. DeBERTa's relative terms)")
 

@@ -21,8 +21,8 @@ from methods.pruning.structure import remove_units, struct_spec, units
 
 
 def require_encoder(family, method: str) -> None:
-    """Encoder head/neuron methods need the BERT family's coupled structures."""
-    if family is not None and family.name != "bert":
+    """Encoder head/neuron methods need an encoder with BERT's attention and coupled structures."""
+    if family is not None and (family.attention != "bert" or family.structure is None):
         raise ValueError(f"method '{method}' prunes encoder heads and neurons (BERT family), "
                          f"not a '{family.name}' model; for decoders use llm_pruner or block_drop")
 

@@ -12,32 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.core.arch import Family, UnsupportedModel, replace_module
-
-
-@dataclass(frozen=True)
-class StructSpec:
-    attn: str
-    q: str
-    k: str
-    v: str
-    o: str
-    mlp_up: tuple[str, ...]   # the MLP's up-projections (gate and up, or fc1): one row per channel
-    mlp_down: str             # the MLP's down-projection: one column per channel
-    head_attrs: tuple[str, ...] = ()  # attention attributes holding the head count (OPT: num_heads)
-
-
-STRUCTS = {
-    "llama": StructSpec("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "opt": StructSpec("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                      ("fc1",), "fc2", ("num_heads",)),
-    "bert": StructSpec("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
-                       "attention.output.dense", ("intermediate.dense",), "output.dense", ("num_attention_heads",)),
-    # GPT-2 once `unfuse_gpt2` has split c_attn into q, k, v linears and made every Conv1D a linear
-    "gpt2": StructSpec("attn", "attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj", ("mlp.c_fc",),
-                       "mlp.c_proj", ("num_heads",)),
-}
+from methods.core.arch import FAMILIES, Family, Structure, UnsupportedModel, replace_module
 
 
 class FusedQKV(nn.Module):
@@ -73,7 +48,7 @@ def _linear_of(conv: nn.Module) -> nn.Linear:
 def unfuse_gpt2(model: nn.Module, family: Family) -> None:
     """Give GPT-2 blocks the separate q, k, v and output linears that structured pruning slices
     (the same function; idempotent). Other families are left as they are."""
-    if family.name != "gpt2":
+    if not family.fused_qkv:
         return
     from transformers.pytorch_utils import Conv1D
     for block in family.blocks(model):
@@ -86,11 +61,12 @@ def unfuse_gpt2(model: nn.Module, family: Family) -> None:
                 replace_module(block, name, _linear_of(mod))
 
 
-def struct_spec(family: Family) -> StructSpec:
-    if family.name not in STRUCTS:
-        raise UnsupportedModel(f"structured pruning knows the coupled structures of {sorted(STRUCTS)} blocks, "
-                               f"not '{family.name}'; add a StructSpec in methods/pruning/structure.py")
-    return STRUCTS[family.name]
+def struct_spec(family: Family) -> Structure:
+    if family.structure is None:
+        known = sorted(f.name for f in FAMILIES.values() if f.structure is not None)
+        raise UnsupportedModel(f"structured pruning knows the coupled structures of {known} blocks, "
+                               f"not '{family.name}'; give its Family a Structure in methods/core/arch.py")
+    return family.structure
 
 
 @dataclass
@@ -128,7 +104,7 @@ class EmptyAttention(nn.Module):
         return (getattr(self, self.o_inside)(empty) if self.o_inside else empty), None
 
 
-def units(block: nn.Module, spec: StructSpec, head_dim: int) -> Units:
+def units(block: nn.Module, spec: Structure, head_dim: int) -> Units:
     mods = dict(block.named_modules())
     q_out, kv_out = mods[spec.q].out_features, mods[spec.k].out_features
     n_kv = kv_out // head_dim
@@ -150,7 +126,7 @@ def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | No
 
 
 @torch.no_grad()
-def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[int], drop_channels: list[int]) -> None:
+def remove_units(block: nn.Module, spec: Structure, u: Units, drop_heads: list[int], drop_channels: list[int]) -> None:
     """Physically remove the given head and channel units from one block."""
     mods = dict(block.named_modules())
     dev = mods[spec.q].weight.device
@@ -180,7 +156,7 @@ def remove_units(block: nn.Module, spec: StructSpec, u: Units, drop_heads: list[
         replace_module(block, spec.mlp_down, _sliced(mods[spec.mlp_down], None, keep))
 
 
-def unit_scores(block: nn.Module, spec: StructSpec, u: Units, elementwise: callable) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_scores(block: nn.Module, spec: Structure, u: Units, elementwise: callable) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance of each head unit and channel unit: the sum of `elementwise(module)` (a tensor
     shaped like its weight, e.g. |w · ∂L/∂w| or w²) over the unit's coupled entries."""
     mods = dict(block.named_modules())
@@ -192,7 +168,7 @@ def unit_scores(block: nn.Module, spec: StructSpec, u: Units, elementwise: calla
     return heads, channels
 
 
-def unit_params(block: nn.Module, spec: StructSpec, u: Units) -> tuple[int, int]:
+def unit_params(block: nn.Module, spec: Structure, u: Units) -> tuple[int, int]:
     """Parameters removed with one head unit and with one channel unit (biases included)."""
     mods = dict(block.named_modules())
     hidden = mods[spec.q].in_features

@@ -221,7 +221,7 @@ class OutlierSuppression(QuantLedger, ModelMethod):
         return True
 
     def check_model(self, linears, family=None) -> None:
-        if family is not None and family.name != "bert":
+        if family is not None and family.attention != "bert":
             raise ValueError("outlier_suppression's Gamma Migration is written for post-LN encoders (BERT family), "
                              f"not '{family.name}'; for decoders use method=smoothquant")
 

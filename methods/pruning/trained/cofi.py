@@ -31,7 +31,7 @@ from methods.core.hard_concrete import lagrangian
 from methods.pruning.encoder_units import encoder_flops
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.cap import HiddenStates
-from methods.pruning.trained.gates import StructureGates
+from methods.pruning.trained.gates import StructureGates, gated_families
 from methods.pruning.trained.structured import block_params
 
 
@@ -98,8 +98,8 @@ class CoFi(TrainedPruning):
         self.granularity = ("E," if hidden else "") + "N,H" + (",S" if layers else "")
 
     def check_family(self, family, config=None) -> None:
-        if family.name not in ("bert", "llama", "gpt2"):
-            raise ValueError(f"method '{self.name}' gates BERT, Llama and GPT-2 blocks, not '{family.name}'")
+        if family.embedding_norm is None:
+            raise ValueError(f"method '{self.name}' gates {', '.join(gated_families())} blocks, not '{family.name}'")
 
     def teacher(self, inputs: TrainingInputs) -> nn.Module | None:
         if inputs.teacher is None:
@@ -110,7 +110,7 @@ class CoFi(TrainedPruning):
         gates = StructureGates(model, family, hidden=self.hidden, layers=self.layers, lr_scale=self.gate_lr_scale)
         wrapped = GatedModel(model, gates, self.layer_weight > 0, model.config.hidden_size,
                              self.lambda_lr_scale).to(device)
-        encoder = family.name == "bert"
+        encoder = family.role == "encoder"
         flops_before = encoder_flops(model, family, self.seq_len) if encoder else None
         params_before = block_params(model, family)
         dense = gates.dense_params(self.count_embeddings)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.core.arch import replace_module
+from methods.core.arch import FAMILIES, replace_module
 from methods.core.hooks import forward_hooks
 from methods.core.hard_concrete import HardConcrete
 from methods.pruning.encoder_units import head_dim, prune_with_masks
@@ -28,7 +28,6 @@ from methods.pruning.structure import _sliced, struct_spec, unfuse_gpt2, units
 
 # modules outside the blocks that read the residual stream (their input columns are hidden dims)
 STREAM_READERS = ("qa_outputs", "bert.pooler.dense", "lm_head", "cls.predictions.transform.dense")
-EMBEDDING_NORM = {"bert": True, "llama": False, "gpt2": False}
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -71,11 +70,17 @@ def deterministic(gate: HardConcrete, rows: int = 1) -> torch.Tensor:
     return z.flatten()
 
 
+def gated_families() -> list[str]:
+    """The families the structure gates know: those whose Family says where its embeddings join
+    the stream (methods/core/arch.py)."""
+    return sorted(f.name for f in FAMILIES.values() if f.embedding_norm is not None)
+
+
 class StructureGates(nn.Module):
     def __init__(self, model: nn.Module, family, hidden: bool = True, layers: bool = True, lr_scale: float = 1000.0):
         super().__init__()
-        if family.name not in EMBEDDING_NORM:
-            raise ValueError(f"structure gates know BERT, Llama and GPT-2 blocks, not '{family.name}'")
+        if family.embedding_norm is None:
+            raise ValueError(f"structure gates know {', '.join(gated_families())} blocks, not '{family.name}'")
         unfuse_gpt2(model, family)
         self.family, self.spec, self.hd = family, struct_spec(family), head_dim(model)
         blocks = family.blocks(model)
@@ -162,7 +167,7 @@ class StructureGates(nn.Module):
         if self.hid is not None:
             for norm in stream_norms(model, self.d).values():
                 post.append((norm, lambda mod, a, y: restricted_norm(mod, a[0], kept) * hid.to(y.dtype)))
-            if not EMBEDDING_NORM[self.family.name]:  # token (and position) embeddings sum into the stream
+            if not self.family.embedding_norm:  # token (and position) embeddings sum into the stream
                 for emb in stream_embeddings(model, self.d):
                     post.append((emb, lambda _m, a, y: y * hid.to(y.dtype)))
         with forward_hooks(pre=pre, post=post):
@@ -207,7 +212,7 @@ class StructureGates(nn.Module):
             norm.weight.mul_(hid.to(norm.weight.dtype))
             if getattr(norm, "bias", None) is not None:
                 norm.bias.mul_(hid.to(norm.bias.dtype))
-        if not EMBEDDING_NORM[self.family.name]:
+        if not self.family.embedding_norm:
             for e in stream_embeddings(model, self.d):
                 e.weight.mul_(hid.to(e.weight.dtype).unsqueeze(0))
         for name, mod in list(model.named_modules()):

@@ -289,7 +289,7 @@ class ZipLM(TrainedPruning):
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
         unfuse_gpt2(model, family)
-        encoder = family.name == "bert"
+        encoder = family.role == "encoder"
         flops_before = encoder_flops(model, family, self.seq_len) if encoder else None
         params_before = block_params(model, family)
         self._table = None

@@ -110,7 +110,7 @@ class IBERT(QATMethod):
         self.kernel_bits = kernel_bits
 
     def check_family(self, family, config=None) -> None:
-        if family.name != "bert":
+        if family.attention != "bert":
             raise ValueError(f"I-BERT's integer kernels are written for BERT-family encoders, not '{family.name}'")
 
     def weight_quantizer(self, key: str, weight: torch.Tensor) -> WeightQuantizer:

@@ -66,10 +66,16 @@ class SensiMix(QATMethod):
         self._ffn_names: set[str] = set()
         self.sensitivity: list[float] = []
 
+    def check_family(self, family, config=None) -> None:
+        try:
+            family.mlp_linears()
+        except ValueError as err:
+            raise ValueError(f"SensiMix binarizes the feed-forward linears: {err}") from None
+
     @staticmethod
     def _ffn(family) -> set[str]:
-        """The feed-forward linears: every family lists attention groups first, then the MLP's."""
-        return {n for group in family.sequential[2:] for n in group}
+        """The feed-forward linears, as the family names them."""
+        return set(family.mlp_linears())
 
     def blocks_for_target(self, family, blocks: nn.ModuleList) -> int:
         """The number of MP blocks whose average code bits (8 everywhere, 1 in their feed-forwards)
