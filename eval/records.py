@@ -22,8 +22,9 @@ from typing import Any, Iterator
 
 log = logging.getLogger("compbench")
 # 2: identity by content (eval/identity.py), numerics in the identity; 3: the method's identity is its
-# bound settings and version, and the record carries what tables show (preset, rows, protocol)
-SCHEMA = 3
+# bound settings and version, and the record carries what tables show (preset, rows, protocol); 4: the
+# protocol names its task's table column (protocol.column)
+SCHEMA = 4
 TMP_PREFIX = ".partial-"
 REQUIRED = {"schema": int, "id": str, "identity": dict, "config": dict, "kind": str, "metrics": dict,
             "task": str, "role": str, "created": str, "preset": str, "rows": dict, "protocol": dict}

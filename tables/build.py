@@ -23,7 +23,9 @@ REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 ROWS_DIR = Path(__file__).resolve().parent.parent / "conf" / "rows"
 
 
-ENCODER_COLUMNS = {"mnli": "mnli", "qqp": "qqp", "squad": "squad", "squad_dev_split": "squad"}
+# the survey's task columns of its encoder tables (2, 4, 6, 7), over which Avg runs: (key, LaTeX header).
+# A record's own column (its task's, `protocol.column`) goes where its key is; another task's is added.
+SURVEY_TASKS = (("mnli", "MNLI"), ("qqp", "QQP"), ("squad", "SQuAD"))
 # the records' compression kinds (methods.core.base.Kind values; tests/test_tables_from_records.py ties them)
 PRUNING = frozenset({"unstructured", "n:m", "structured"})
 QUANTIZATION = frozenset({"quantized"})
@@ -102,7 +104,10 @@ def row_meta(record: dict, table: str) -> RowMeta:
 
 
 def missing_fields(record: dict) -> list[str]:
-    return [f for f in RECORD_FIELDS if f not in record]
+    missing = [f for f in RECORD_FIELDS if f not in record]
+    if "protocol" in record and "column" not in record["protocol"]:
+        missing.append("protocol.column")
+    return missing
 
 
 def is_partial(record: dict) -> bool:
@@ -239,16 +244,16 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
             **_training(r), **meta.columns})
         for item in comp.get("not_run") or []:
             row["note"].append(f"not run: {item}")
-        col = ENCODER_COLUMNS.get(task, task)
-        row[col] = round(r["delta"], 2)
+        column = r["protocol"]["column"]
+        row[column["key"]] = round(r["delta"], 2)
         row["record"].append(r["id"])
-        if task == "squad_dev_split":
-            row["note"].append("squad = squad_dev_split (offline variant: dev articles halved), F1")
+        if column["note"]:
+            row["note"].append(column["note"])
         row["protocol"].append(r["protocol"]["name"])
         row["partial"] += [f"{task}: {why}" for why in r["protocol"]["partial"]]
     out = []
     for row in rows.values():
-        deltas = [row[c] for c in ("mnli", "qqp", "squad") if row.get(c) is not None]
+        deltas = [row[c] for c, _ in SURVEY_TASKS if row.get(c) is not None]
         row["avg"] = round(sum(deltas) / len(deltas), 2) if deltas else None
         row["record"] = ";".join(row["record"])
         row["note"] = "; ".join(dict.fromkeys(row["note"]))
@@ -256,6 +261,11 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
         row["partial"] = "; ".join(dict.fromkeys(row["partial"]))
         out.append(row)
     return out
+
+
+def task_headers(records: Iterable[dict]) -> dict[str, str]:
+    """The task columns of encoder records, {key: header}, in the order the records name them."""
+    return {c["key"]: c["header"] for r in records if (c := r["protocol"]["column"])}
 
 
 def _training(record: dict) -> dict[str, Any]:
@@ -328,15 +338,22 @@ def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool 
     provenance = ["protocol", "partial", "hardware", "record", "flags"]
     if spec.encoder:
         rows = _encoder_rows(spec, mine)
+        headers = task_headers(mine)
         extra = [c for c in ("preset", "plm") if c not in rep.columns]
         extra += [c for c in ("speedup",) if c not in rep.columns] + SPEEDUP_COLUMNS
         trained = spec.key in ("table6", "table7") or any(r.get("training") for r in mine)
         extra += (TRAINING_COLUMNS if trained else []) + provenance
-        repro = pd.DataFrame(rows, columns=list(rep.columns) + extra)
+        columns = list(rep.columns)
+        new = [c for c in headers if c not in columns]       # a task the reported table has no column for
+        at = columns.index("avg") if "avg" in columns else len(columns)
+        columns[at:at] = new
+        repro = pd.DataFrame(rows, columns=columns + extra)
         if repro.empty:
             return rep
         repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
-        return pd.concat([rep, repro.astype(object)], ignore_index=True)
+        out = pd.concat([rep, repro.astype(object)], ignore_index=True)[columns + extra]
+        out.attrs["task_headers"] = {key: header for key, header in headers.items() if key in new}
+        return out
     rows = [_decoder_row(spec, r, by_id) for r in mine]
     for row in rows:
         row["delta_ppl"] = _delta(row, rep, spec.kind_column)
@@ -383,8 +400,9 @@ def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
     if spec.encoder:
         describe = spec.describe or (("PLM", "plm"), ("Gran." if spec.kind_column == "granularity" else "Uniform",
                                                        spec.kind_column))
+        tasks = [*SURVEY_TASKS, *((k, h) for k, h in df.attrs.get("task_headers", {}).items())]
         cols = [("Method", "method", None), ("Ref.", "ref", None), *((h, k, None) for h, k in describe),
-                ("Rate", "comp_rate", 3), ("MNLI", "mnli", 2), ("QQP", "qqp", 2), ("SQuAD", "squad", 2),
+                ("Rate", "comp_rate", 3), *((h, k, 2) for k, h in tasks),
                 ("Avg", "avg", 2), ("Speedup", "speedup", 2), ("Record", "record", None)]
         return _latex(spec, df, cols)
     cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),

@@ -14,11 +14,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from tables.build import TABLES, reported, reported_ids
+from tables.build import SURVEY_TASKS, TABLES, reported, reported_ids
 
 ROWS_DIR = Path(__file__).resolve().parent.parent / "conf" / "rows"
 STATUSES = ("runnable", "local_weights", "not_implemented")
-ENCODER_TASKS = ("mnli", "qqp", "squad")
 
 
 @dataclass(frozen=True)
@@ -109,4 +108,4 @@ def claimed(spec: RowSpec) -> dict[str, float]:
     r = row.iloc[0]
     if "lm" in spec.tasks:
         return {"wikitext2": float(r["ppl_compressed"])}
-    return {t: float(r[t]) for t in ENCODER_TASKS if t in r and not pd.isna(r[t])}
+    return {t: float(r[t]) for t, _ in SURVEY_TASKS if t in r and not pd.isna(r[t])}

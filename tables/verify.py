@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tables.build import SURVEY_TASKS
 from tables.rows import RowSpec, claimed
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -139,7 +140,7 @@ class Checker:
                              f"include_partial=true compares it anyway")
                     return v
             for figure in [k for k in claims if k == key or key in ("lm", "any")]:
-                value = _figure(rec, "delta" if figure in ("mnli", "qqp", "squad") else figure)
+                value = _figure(rec, "delta" if figure in dict(SURVEY_TASKS) else figure)
                 if value is not None:
                     v.reproduced[figure] = float(value)
         if v.status == "planned" and len(v.records) == len(runs):

@@ -24,7 +24,7 @@ def make_record(name: str, **over) -> dict:
     identity = {"model": name}
     return {"id": record_id(identity), "identity": identity, "config": {}, "kind": "dense", "task": "lm",
             "role": "decoder", "metrics": {"wikitext2": {"ppl": 10.0}}, "created": "2026-01-01T00:00:00",
-            "preset": "dense", "rows": {}, "protocol": {"name": "perplexity", "complete": True, "partial": []}, **over}
+            "preset": "dense", "rows": {}, "protocol": {"name": "perplexity", "complete": True, "partial": [], "column": None}, **over}
 
 
 def test_write_is_atomic_and_nan_becomes_null(tmp_path, monkeypatch):

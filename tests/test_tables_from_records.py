@@ -87,7 +87,8 @@ def test_a_four_window_run_is_out_of_the_tables_unless_asked_and_then_marked(sha
     from tables.verify import Checker
 
     rec = run(base_config(shared_results, method="magnitude", **{"eval.max_windows": 4}))
-    assert rec["protocol"] == {"name": rec["protocol"]["name"], "complete": False, "partial": ["eval.max_windows=4"]}
+    assert rec["protocol"] == {"name": rec["protocol"]["name"], "complete": False, "partial": ["eval.max_windows=4"],
+                               "column": None}
     spec = TABLES["table3"]
     assert rec["id"] not in set(build_table(spec, [rec]).get("record", pd.Series(dtype=object)).dropna())
     marked = build_table(spec, [rec], include_partial=True)

@@ -8,6 +8,7 @@ with `@register_task`) plus one config file under conf/task/.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -42,11 +43,25 @@ class Evaluation:
                        for f in m.get("flags", [])})
 
 
+@dataclass(frozen=True)
+class Column:
+    """Where a task's figure stands in the survey's tables: the column `key` (a survey task's,
+    mnli, qqp or squad, or the task's own, which the tables add), its LaTeX `header`, the
+    `metric` the figure is, and a `note` said beside every row of the task (an offline variant's
+    name). Every record carries its task's column (`protocol.column`)."""
+
+    key: str
+    header: str
+    metric: str
+    note: str = ""
+
+
 class Task:
     name: ClassVar[str]
     role: ClassVar[str]            # "decoder" | "encoder": which survey tables its records feed
     bit_base: ClassVar[int]        # rates count stored bits against this many bits per weight
     calibration_type: ClassVar[type]
+    column: ClassVar[Column | None] = None   # None: the perplexity tables' columns (decoders)
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
@@ -161,7 +176,8 @@ class Task:
     def protocol(self, ev: Evaluation, method=None, trained: bool = False) -> dict[str, Any]:
         """The record's `protocol`: its name, whether the run ran all of it, and where it did not."""
         partial = self.shortfalls(ev, method, trained)
-        return {"name": self.protocol_name(), "complete": not partial, "partial": partial}
+        return {"name": self.protocol_name(), "complete": not partial, "partial": partial,
+                "column": dataclasses.asdict(self.column) if self.column else None}
 
     def evaluate(self, loaded: Loaded, device: torch.device, label: str) -> Evaluation:
         raise NotImplementedError

@@ -46,6 +46,7 @@ class EncoderTask(Task):
     calibration_type = InputBatches
     is_qa: ClassVar[bool] = False
     num_labels: ClassVar[int] = 0
+    positive_f1: ClassVar[bool] = False     # pair tasks: F1 of the positive class beside accuracy (QQP)
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
@@ -225,7 +226,7 @@ class EncoderTask(Task):
             preds += model(**model_inputs(b, device)).logits.argmax(-1).tolist()
         labels = [e.label for e in examples]
         out = {"acc": 100 * glue.accuracy(preds, labels), "examples": len(examples)}
-        if self.name == "qqp":
+        if self.positive_f1:
             out["f1"] = 100 * glue.f1_positive(preds, labels)
         return out
 

@@ -3,13 +3,14 @@ and mismatched) and QQP (accuracy, the headline, and F1 with positive = duplicat
 from __future__ import annotations
 
 from eval import glue
-from eval.tasks.base import register_task
+from eval.tasks.base import Column, register_task
 from eval.tasks.encoder import EncoderTask
 
 
 @register_task("mnli")
 class MNLI(EncoderTask):
     metric = "MNLI matched accuracy"
+    column = Column("mnli", "MNLI", "matched accuracy")
     num_labels = 3
 
     def train_examples(self) -> list:
@@ -30,6 +31,8 @@ class MNLI(EncoderTask):
 @register_task("qqp")
 class QQP(EncoderTask):
     metric = "QQP accuracy"
+    column = Column("qqp", "QQP", "accuracy")
+    positive_f1 = True
     num_labels = 2
 
     def train_examples(self) -> list:

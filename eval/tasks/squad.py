@@ -4,13 +4,14 @@ tables carry its name, so it is never confused with the SQuAD protocol."""
 from __future__ import annotations
 
 from eval import squad
-from eval.tasks.base import register_task
+from eval.tasks.base import Column, register_task
 from eval.tasks.encoder import EncoderTask
 
 
 @register_task("squad")
 class SQuAD(EncoderTask):
     metric = "official SQuAD v1.1 F1"
+    column = Column("squad", "SQuAD", "F1")
     is_qa = True
 
     def train_examples(self) -> list:
@@ -28,6 +29,8 @@ class SQuAD(EncoderTask):
 
 @register_task("squad_dev_split")
 class SQuADDevSplit(SQuAD):
+    column = Column("squad", "SQuAD", "F1", note="squad = squad_dev_split (offline variant: dev articles halved), F1")
+
     def train_examples(self) -> list:
         return squad.squad_dev_split(squad.load_squad(self.data, "validation"))[0]
 
