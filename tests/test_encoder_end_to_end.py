@@ -12,10 +12,11 @@ by 1e-7 (relative) move codes at a rounding boundary, and each answer that flips
 0.5. Against the teacher's 58.89 (1 thread): 57.52 with AVX-512, 57.80 with AVX2, 56.65 without
 SIMD (ATEN_CPU_CAPABILITY=avx512|avx2|default), and 56.73 on a CI machine; on 32 features 58.67
 (AVX-512) and 57.25 (AVX2). So the loss is 1.1-2.2 F1, and the bound is 3: this MiniLM's
-activations have strong outliers (Q8BERT's plain abs-max ranges lose about 1.5 F1, README), and a
-wrong range, scale or zero point loses tens of points. Its LSQ+ stage (`learn_epochs`) on 32
-features is not stable at 8 bits (3 epochs lose 2.25 F1 with 1 thread and less than 1 with 2), so
-the bound is checked without it (LSQ+ itself: test_encoder_methods.py)."""
+activations have strong outliers (Q8BERT's plain abs-max ranges lose 2-3.6 F1 in the published
+records, results/minilm-l6/README.md), and a wrong range, scale or zero point loses tens of
+points. Its LSQ+ stage (`learn_epochs`) on 32 features is not stable at 8 bits (3 epochs lose
+2.25 F1 with 1 thread and less than 1 with 2), so the bound is checked without it (LSQ+ itself:
+test_encoder_methods.py)."""
 from __future__ import annotations
 
 import random

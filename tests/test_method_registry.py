@@ -122,3 +122,13 @@ def test_a_newcomers_methods_run_and_appear_in_their_table(make_config):
 def test_a_trained_method_refuses_a_task_of_the_other_role_before_any_work(make_config, over, message):
     with pytest.raises(ConfigError, match=message):
         plan(make_config(**over))
+
+
+def test_the_methods_page_is_what_the_registry_and_the_presets_generate():
+    """docs/methods.md is generated (scripts/method_docs.py): a new method or preset that is not
+    on it fails here, with the command that writes it."""
+    import runpy
+    render = runpy.run_path(str(ROOT / "scripts" / "method_docs.py"), run_name="method_docs")["render"]
+    page = (ROOT / "docs" / "methods.md").read_text()
+    assert page == render(), "docs/methods.md is out of date: run `python scripts/method_docs.py`"
+    assert "| `sparsegpt` | SparseGPT [40] | `sparsegpt` (" in page       # a preset, its row and its method

@@ -10,7 +10,7 @@ from conftest import CLAIMS_NUMERICS, ENCODER, SEEDED, base_config, require_mini
 TRAIN = {"train": "cpu_short", "train.batch_size": 8, "train.checkpoint_every": 0}
 EQUAL_BITS = {"method.embeddings": False, "method.abits": 16}   # weights of the block linears, 2 bits
 # the claim's budget, on the plumbing settings, so that at seed 0 Table 4's test reads the claim's
-# own records (its margin checked at seeds 0, 1 and 2: README)
+# own records (its margin checked at seeds 0, 1 and 2: docs/tests.md)
 TERNARY_STEPS = 20
 
 
@@ -29,7 +29,7 @@ def test_ternarybert_beats_post_training_ternarisation_at_equal_bits(shared_resu
     assert tb["compression"]["wbits"] == 2 and twn["compression"]["wbits"] == 2
     assert tb["compression"]["quantized_weights"] == twn["compression"]["quantized_weights"]
     assert tb["training"]["steps"] == TERNARY_STEPS
-    # F1 points; must exceed 3 (measured at seeds 0, 1 and 2: README)
+    # F1 points; must exceed 3 (measured at seeds 0, 1 and 2: docs/tests.md)
     record_property("margin", squad_f1(tb) - squad_f1(twn))
     assert squad_f1(tb) > squad_f1(twn) + 3, (squad_f1(tb), squad_f1(twn))
 

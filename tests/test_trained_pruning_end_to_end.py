@@ -15,7 +15,7 @@ from conftest import ENCODER, SEEDED, base_config, require_minilm_teacher, squad
 TRAIN = {"train": "cpu_short", "train.batch_size": 8, "train.checkpoint_every": 0}
 RATE = 0.5
 # the claim's budget, on the plumbing settings (64 examples: the margin is dozens of answers), so
-# that at seed 0 Table 2's test reads the claim's own records (its margin checked at seeds 0, 1, 2: README)
+# that at seed 0 Table 2's test reads the claim's own records (its margin checked at seeds 0, 1, 2: docs/tests.md)
 STEPS = 5
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ENCODER, ENCODER_CLAIMS, SEEDED, base_config, require_minilm_teacher, squad_f1
 
-# 100 steps of 4 features: the claim's budget (its margin checked at seeds 0, 1 and 2: README)
+# 100 steps of 4 features: the claim's budget (its margin checked at seeds 0, 1 and 2: docs/tests.md)
 STEPS = 100
 DISTILL = {**ENCODER_CLAIMS, **SEEDED, "train.steps": STEPS, "train.batch_size": 4, "train.lr": 1e-4,
            "train.checkpoint_every": 0}
