@@ -329,11 +329,76 @@ def _run(p: RunPlan, t_start: float) -> dict[str, Any]:
         return _run_locked(p, store, force, t_start)
 
 
+@dataclass
+class RunInputs:
+    """What a compressed run works from besides the model: calibration data, the trainer and its
+    data (trained methods), and, for a timed run, the timing inputs and the dense copy that the
+    compressed model is timed against."""
+
+    calib: Any
+    calib_s: float
+    training: TrainingInputs | None
+    timing_batches: list[dict] | None
+    dense_copy: torch.nn.Module | None
+
+
+@dataclass
+class Compressed:
+    """The method's outcome: its typed result, its phases' seconds and peak memory."""
+
+    result: CompressionResult
+    timing: dict[str, float]
+    memory: dict[str, Any]
+    before: Any
+    after: Any
+
+
 def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> dict[str, Any]:
+    """The run's stages, in order; a dense run ends with its baseline."""
     seed_everything(p.cfg["seed"])
     offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
+    loaded, load_s = _load(p, offload)
+    dense = _baseline(p, store, loaded, load_s, force, offload)
+    if p.is_dense:
+        return dense
+    # a physically smaller model (and, with kernels.convert, the kernel-converted one) is timed
+    # against a dense copy, interleaved pass by pass, in this process, on the same inputs; a
+    # trained method's frozen teacher is that copy. Offloaded runs keep no second model: no timing.
+    timed = "timing" in p.identity and not offload
+    inputs = _inputs(p, store, loaded, timed)
+    done = _compress(p, loaded, inputs)
+    ev, eval_s, eval_memory = _evaluate(p, loaded)
+    timing = {"load_s": load_s, "calib_data_s": inputs.calib_s, **done.timing, "eval_s": eval_s}
+    extra: dict[str, Any] = {}
+    if inputs.training is not None and inputs.training.fits:
+        extra["training"] = _training_record(p, inputs.training)
+    repeats = p.identity.get("timing", {}).get("repeats", 0)
+    if timed and p.method.physical and (done.after.params < done.before.params or p.method.dynamic_speedup):
+        extra["speedup"] = _forward_speedup(p, inputs, loaded, repeats, timing)
+    if ev.headline is not None and dense.get("headline") is not None:
+        extra["delta"] = ev.headline - dense["headline"]
+    if p.cfg.get("save_dir"):
+        from eval.models import save_compressed
+        extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
+    if p.identity["kernels"]["convert"]:
+        with provenance.Timer() as t_kernels:
+            extra["kernels"] = _kernel_check(p, loaded, done.result.to_record(p.task.bit_base), ev, inputs.dense_copy,
+                                             inputs.timing_batches, repeats)
+        timing["kernels_s"] = t_kernels.seconds
+    timing["total_s"] = time.perf_counter() - t_start
+    return _write(p, store, loaded, ev, done, extra, timing, eval_memory, inputs.training)
+
+
+def _load(p: RunPlan, offload: bool) -> tuple[Loaded, float]:
+    """The model the task scores (on the CPU when offloading), and the seconds it took."""
     with provenance.Timer() as t_load:
         loaded = p.task.load("cpu" if offload else p.device)
+    return loaded, t_load.seconds
+
+
+def _baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: float, force: bool,
+              offload: bool) -> dict[str, Any]:
+    """The dense record of this model, task and protocol: reused, or evaluated once by one job."""
     dense = None if p.is_dense and force else _usable_dense(p, store)
     if dense is None:
         # the dense baseline is shared by every run of this model and protocol: one job evaluates it
@@ -341,19 +406,17 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
             # checked again under the lock: another job may have written it since the first look
             dense = None if p.is_dense and force else _usable_dense(p, store)
             if dense is None:
-                dense = _dense_baseline(p, store, loaded, t_load.seconds)
+                dense = _dense_baseline(p, store, loaded, load_s)
             else:
                 log.info("dense baseline %s was recorded by another job: reusing it", p.dense_rid)
         if offload:
             loaded.model.to("cpu")
-    if p.is_dense:
-        return dense
+    return dense
 
+
+def _inputs(p: RunPlan, store: RecordStore, loaded: Loaded, timed: bool) -> RunInputs:
+    """The timing inputs, the calibration data, the trainer and the dense copy, in that order."""
     method = p.method
-    # a physically smaller model (and, with kernels.convert, the kernel-converted one) is timed
-    # against a dense copy, interleaved pass by pass, in this process, on the same inputs; a
-    # trained method's frozen teacher is that copy. Offloaded runs keep no second model: no timing.
-    timed = "timing" in p.identity and not offload
     timing_batches = p.task.timing_batches(loaded) if timed else None
     with provenance.Timer() as t_calib:
         calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
@@ -362,52 +425,55 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
     if timed:
         dense_copy = training.teacher if training is not None and training.teacher is not None \
             else copy.deepcopy(loaded.model)
+    return RunInputs(calib, t_calib.seconds, training, timing_batches, dense_copy)
+
+
+def _compress(p: RunPlan, loaded: Loaded, inputs: RunInputs) -> Compressed:
+    """The method applied by its kind (methods/core/apply.py), its model measured before and after."""
+    method, training = p.method, inputs.training
     if training is not None and method.from_pretrained:
         loaded.model = training.pretrained()
     before = measure(loaded.model, loaded.family)
-    with provenance.PeakMemory(p.device) as mem_c, provenance.Timer() as t_comp:
-        loaded.model, phases = apply_method(method, loaded.model, loaded.family, calib, p.device,
+    with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_comp:
+        loaded.model, phases = apply_method(method, loaded.model, loaded.family, inputs.calib, p.device,
                                             p.cfg["engine"]["batch_size"], p.cfg.get("progress", True), training)
     after = measure(loaded.model, loaded.family)
-    if training is not None and training.fits:
-        extra_training = {"training": _training_record(p, training)}
-    else:
-        extra_training = {}
-    result = method.result(before, after)
-    with provenance.PeakMemory(p.device) as mem_e, provenance.Timer() as t_eval:
-        ev = p.task.evaluate(loaded, p.device, method.name)
-    timing = {"load_s": t_load.seconds, "calib_data_s": t_calib.seconds, **phases, "compress_s": t_comp.seconds,
-              "eval_s": t_eval.seconds}
-    extra: dict[str, Any] = dict(extra_training)
-    repeats = p.identity.get("timing", {}).get("repeats", 0)
-    if timed and method.physical and (after.params < before.params or method.dynamic_speedup):
-        dense_times, times = forward_seconds(dense_copy, loaded.model, batches=timing_batches, device=p.device,
-                                             repeats=repeats)
-        timing.update(dense_forward_s=statistics.median(dense_times), forward_s=statistics.median(times))
-        extra["speedup"] = {**speedup.paired(dense_times, times),
-                            "device": provenance.hardware(p.device)["name"],
-                            "dtype": _dtype(loaded.model), "dense_dtype": _dtype(dense_copy),
-                            "basis": "dense forward time / compressed forward time, same process, interleaved",
-                            "dense_s": dense_times, "compressed_s": times, "batches": len(timing_batches),
-                            "tokens": sum(int(b["input_ids"].numel()) for b in timing_batches)}
-    if ev.headline is not None and dense.get("headline") is not None:
-        extra["delta"] = ev.headline - dense["headline"]
-    if p.cfg.get("save_dir"):
-        from eval.models import save_compressed
-        extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
-    if p.identity["kernels"]["convert"]:
-        with provenance.Timer() as t_kernels:
-            extra["kernels"] = _kernel_check(p, loaded, result.to_record(p.task.bit_base), ev, dense_copy,
-                                             timing_batches, repeats)
-        timing["kernels_s"] = t_kernels.seconds
-    timing["total_s"] = time.perf_counter() - t_start
+    return Compressed(method.result(before, after), {**phases, "compress_s": t_comp.seconds}, mem.report(),
+                      before, after)
+
+
+def _evaluate(p: RunPlan, loaded: Loaded) -> tuple[Evaluation, float, dict[str, Any]]:
+    """The task's metrics on the compressed model, the seconds and the peak memory they took."""
+    with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_eval:
+        ev = p.task.evaluate(loaded, p.device, p.method.name)
+    return ev, t_eval.seconds, mem.report()
+
+
+def _forward_speedup(p: RunPlan, inputs: RunInputs, loaded: Loaded, repeats: int,
+                     timing: dict[str, float]) -> dict[str, Any]:
+    """A physically smaller model's forward time against the dense copy's, interleaved pass by
+    pass: every pass, the per-pass ratios' median and quartiles (methods/core/speedup.py)."""
+    batches = inputs.timing_batches
+    dense_times, times = forward_seconds(inputs.dense_copy, loaded.model, batches=batches, device=p.device,
+                                         repeats=repeats)
+    timing.update(dense_forward_s=statistics.median(dense_times), forward_s=statistics.median(times))
+    return {**speedup.paired(dense_times, times),
+            "device": provenance.hardware(p.device)["name"],
+            "dtype": _dtype(loaded.model), "dense_dtype": _dtype(inputs.dense_copy),
+            "basis": "dense forward time / compressed forward time, same process, interleaved",
+            "dense_s": dense_times, "compressed_s": times, "batches": len(batches),
+            "tokens": sum(int(b["input_ids"].numel()) for b in batches)}
+
+
+def _write(p: RunPlan, store: RecordStore, loaded: Loaded, ev: Evaluation, done: Compressed, extra: dict[str, Any],
+           timing: dict[str, float], eval_memory: dict[str, Any], training: TrainingInputs | None) -> dict[str, Any]:
+    """The compressed run's record, written atomically; a trained run's resume points removed."""
     record = _record(p, p.identity, p.rid, ev, {
         "kind": "compressed", "dense_id": p.dense_rid, **loaded.record_extra, "headline": ev.headline, **extra,
-        "compression": result.to_record(p.task.bit_base), "timing": timing,
-        "memory": {"compress": mem_c.report(), "eval": mem_e.report()}})
+        "compression": done.result.to_record(p.task.bit_base), "timing": timing,
+        "memory": {"compress": done.memory, "eval": eval_memory}})
     store.write(record)
     if training is not None:  # the record holds the result: the resume points are spent
         shutil.rmtree(store.root / "checkpoints" / p.rid, ignore_errors=True)
     log.info("record %s written", p.rid)
     return record
-
