@@ -38,7 +38,6 @@ from eval.validate import ConfigError, check
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
 from methods.core.apply import apply_method
-from methods.core.compose import Compose
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.model_facts import measure
 from methods.core import speedup
@@ -122,10 +121,7 @@ def _plan(cfg: dict[str, Any]) -> RunPlan:
         if train is not None:
             task.check_training(method)
         method.check_model(task.meta_linears(), task.family)
-        for m in (method.steps if isinstance(method, Compose) else [method]):
-            if hasattr(m, "keeps_codes"):
-                m.keeps_codes = bool(cfg["engine"].get("keep_codes", True)
-                                     or (cfg.get("kernels") or {}).get("convert"))
+        method.keep_codes(bool(cfg["engine"].get("keep_codes", True) or (cfg.get("kernels") or {}).get("convert")))
         dense_identity = task.dense_identity(device)
         identity = dense_identity
         if name != "dense":

@@ -213,6 +213,10 @@ class Method:
     def check_model(self, linears: Mapping[str, nn.Module], family=None) -> None:
         """Raise ValueError if the model's linears cannot take this method (before any work)."""
 
+    def keep_codes(self, keep: bool) -> None:
+        """Whether to keep each linear's integer codes for kernels.convert (quantizers keep them;
+        the engine's `keep_codes`). A method without codes has nothing to keep."""
+
     def table_row(self, table: str) -> TableRow | None:
         """This configuration's row metadata in `table` (None: the method declares none there)."""
         return self.rows.get(table)

@@ -41,6 +41,10 @@ class Compose(LayerwiseMethod):
         for s in self.steps:
             s.check_model(linears, family)
 
+    def keep_codes(self, keep: bool) -> None:
+        for s in self.steps:
+            s.keep_codes(keep)
+
     def plan(self, session) -> None:
         for s in self.steps:
             s.plan(session)

@@ -65,6 +65,9 @@ class QuantLedger(StorageLedger):
         StorageLedger.account(self, block_index, name, rows, cols, bits=self.spec.bits if bits is None else bits,
                               n_groups=n_groups, stat_bits=stat_bits, extra_bits=extra_bits)
 
+    def keep_codes(self, keep: bool) -> None:
+        self.keeps_codes = keep
+
     def store_codes(self, layer: nn.Module, codes: QuantizedTensor) -> None:
         """Keep the layer's integer codes beside its dequantized weight, for kernels.convert
         (`keeps_codes` = false, the engine's `keep_codes`, saves their CPU memory on large models)."""
