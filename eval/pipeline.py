@@ -39,6 +39,7 @@ from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
 from methods.core.apply import apply_method
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
+from methods.core.calibration import to_device
 from methods.core.model_facts import measure
 from methods.core import speedup
 from methods.training.checkpoints import UnsafeCheckpoint
@@ -167,7 +168,7 @@ def forward_seconds(*models: torch.nn.Module, batches: list[dict], device: torch
     faster). The models are timed interleaved, pass by pass, after one warm-up pass each, so
     that a load change on the machine hits them alike."""
     times: list[list[float]] = [[] for _ in models]
-    inputs = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    inputs = [to_device(b, device) for b in batches]
     for m in models:
         m.eval()
         for b in inputs[:1]:

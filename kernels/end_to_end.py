@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from kernels.timing import decode_tokens_per_s, prefill_seconds
+from methods.core.calibration import to_device
 from methods.core.hardware import seconds
 
 DECODE_PROMPT, DECODE_TOKENS = 16, 32
@@ -22,7 +23,7 @@ def measure(model: torch.nn.Module, batches: list[dict], role: str, device: torc
                 "decode_tokens_per_s": decode_tokens_per_s(model, window[:, :DECODE_PROMPT], DECODE_TOKENS,
                                                            min_run_time),
                 "prefill_tokens": int(window.shape[1]), "decode_tokens": DECODE_TOKENS}
-    inputs = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    inputs = [to_device(b, device) for b in batches]
 
     @torch.inference_mode()
     def forward():

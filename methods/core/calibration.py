@@ -15,6 +15,11 @@ import torch
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A batch (inputs and targets) with its tensors on `device`: the one place a batch moves."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
     """The model's forward arguments from a task batch (targets dropped), optionally moved."""
     return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}

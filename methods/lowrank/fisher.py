@@ -7,6 +7,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from methods.core.calibration import to_device
+
 
 def row_fisher(model: nn.Module, layers: Mapping[str, nn.Linear], batches: Iterable[dict],
                device: torch.device) -> dict[str, torch.Tensor]:
@@ -18,7 +20,7 @@ def row_fisher(model: nn.Module, layers: Mapping[str, nn.Linear], batches: Itera
     model.eval()  # no dropout: the Fisher of the model as it is evaluated
     for batch in batches:
         model.zero_grad(set_to_none=True)
-        out = model(**{k: v.to(device) for k, v in batch.items()})
+        out = model(**to_device(batch, device))
         if out.loss is None:
             raise ValueError("FWSVD needs task labels in the training batches to take gradients")
         out.loss.backward()

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from methods.core.base import TableRow, register
-from methods.core.calibration import InputBatches, model_inputs, rebatch
+from methods.core.calibration import InputBatches, model_inputs, rebatch, to_device
 from methods.core.hooks import forward_hooks
 from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, masks_applied, prune_with_masks,
                                            reference_batch_size, unit_flops)
@@ -52,7 +52,7 @@ def per_sample_mask_gradients(model, family, batches, L: int, H: int, N: int, de
             hm = torch.ones(b, L, H, device=device, requires_grad=True)
             nm = torch.ones(b, L, N, device=device, requires_grad=True)
             with masks_applied(model, family, hm, nm):
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                loss = model(**to_device(batch, device)).loss
             dh, dn = torch.autograd.grad(loss * b, (hm, nm))  # mean loss x b: each row is one sample's gradient
             gh.append(dh.detach().cpu())
             gn.append(dn.detach().cpu())
@@ -70,7 +70,7 @@ def minibatch_mask_gradients(model, family, batches, L: int, H: int, N: int, dev
             hm = torch.ones(L, H, device=device, requires_grad=True)
             nm = torch.ones(L, N, device=device, requires_grad=True)
             with masks_applied(model, family, hm, nm):
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                loss = model(**to_device(batch, device)).loss
             dh, dn = torch.autograd.grad(loss, (hm, nm))
             gh.append(dh.detach().cpu())
             gn.append(dn.detach().cpu())

@@ -11,11 +11,6 @@ import torch.nn.functional as F
 from methods.core.outputs import task_logits
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A training batch (inputs and targets) on `device`."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def label_loss(student_out, teacher_out, batch) -> torch.Tensor:
     """The task's own loss on its labels (the model computes it from the batch's targets)."""
     return student_out.loss

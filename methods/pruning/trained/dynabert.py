@@ -23,7 +23,8 @@ from methods.core.model_facts import ModelSize
 from methods.pruning.encoder_units import (encoder_flops, masks_applied, prune_with_masks, require_encoder,
                                            unit_flops)
 from methods.pruning.trained.base import TrainedPruning
-from methods.training.objectives import kd_loss, to_device
+from methods.core.calibration import to_device
+from methods.training.objectives import kd_loss
 from methods.pruning.trained.cap import HiddenStates
 from methods.pruning.trained.structured import unit_counts
 

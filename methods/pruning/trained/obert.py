@@ -20,7 +20,7 @@ from torch import nn
 
 from methods.core.base import TrainingInputs, register
 from methods.core.hessian import one_thread
-from methods.training.objectives import to_device
+from methods.core.calibration import to_device
 from methods.pruning.trained.gradual import GradualUnstructured
 from methods.pruning.trained.weight_masks import MaskedLinear, global_keep
 

@@ -27,7 +27,8 @@ from methods.core.base import TableRow, TrainedMethod, TrainingInputs, register
 from methods.core.hooks import forward_hooks
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import FP16_BITS, quantize_weight
-from methods.training.objectives import prediction_loss, to_device
+from methods.core.calibration import to_device
+from methods.training.objectives import prediction_loss
 
 
 class OutlierTunedLinear(ComputedLinear):

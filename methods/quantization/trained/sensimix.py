@@ -29,7 +29,8 @@ from methods.core.base import TrainingInputs, register
 from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, UniformWeight,
                                                      WeightQuantizer)
 from methods.quantization.trained.qat import QATMethod
-from methods.training.objectives import prediction_loss, to_device
+from methods.core.calibration import to_device
+from methods.training.objectives import prediction_loss
 
 
 def abwr(weights: list[torch.Tensor]) -> torch.Tensor:
