@@ -7,6 +7,7 @@ else edited, and sees it in its benchmark or table:
 (A newcomer's methods: test_method_registry.py.)"""
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -23,16 +24,26 @@ from conftest import ROOT
 NEWCOMER = Path(__file__).parent / "newcomer"
 
 
+@contextlib.contextmanager
+def registered(module: str, registry: dict):
+    """The newcomer's module run (it registers its thing) for one test; `registry` (complete:
+    its package's modules imported) as it was, after."""
+    before = dict(registry)
+    spec = importlib.util.spec_from_file_location(module, NEWCOMER / f"{module}.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    try:
+        yield
+    finally:
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.fixture
 def toy_format():
-    """The newcomer's module registered for this test only (the registry as it was, after)."""
     from kernels.formats import base
-    before = base.formats()
-    spec = importlib.util.spec_from_file_location("toy_format", NEWCOMER / "toy_format.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    yield
-    base._FORMATS.clear()
-    base._FORMATS.update(before)
+    base.formats()
+    with registered("toy_format", base._FORMATS):
+        yield
 
 
 def test_a_newcomers_format_takes_its_records_and_converts_a_model(toy_format, tiny):
@@ -78,14 +89,9 @@ def test_a_newcomers_format_is_timed_by_the_kernel_benchmark(toy_format, tmp_pat
 
 @pytest.fixture
 def toy_family():
-    """The newcomer's family registered for this test only (FAMILIES as it was, after)."""
     from methods.core import arch
-    before = dict(arch.FAMILIES)
-    spec = importlib.util.spec_from_file_location("toy_family", NEWCOMER / "toy_family.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    yield
-    arch.FAMILIES.clear()
-    arch.FAMILIES.update(before)
+    with registered("toy_family", arch.FAMILIES):
+        yield
 
 
 def small_phi(folder: Path) -> Path:
@@ -133,15 +139,10 @@ def test_a_newcomers_family_runs_through_the_engine_and_appears_in_its_table(toy
 
 @pytest.fixture
 def toy_task():
-    """The newcomer's task registered for this test only (the task registry as it was, after)."""
     from eval.tasks import base
     base.task_names()
-    before = dict(base._TASKS)
-    spec = importlib.util.spec_from_file_location("toy_task", NEWCOMER / "toy_task.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    yield
-    base._TASKS.clear()
-    base._TASKS.update(before)
+    with registered("toy_task", base._TASKS):
+        yield
 
 
 @pytest.mark.e2e
