@@ -85,6 +85,8 @@ def compress_for(model: torch.nn.Module, key: str) -> None:
     from methods.core.arch import family_of
 
     fmt = parse(key)
+    if not fmt.swaps:    # the model's own dense matrices are the format
+        return
     family = family_of(model.config.model_type)
     for block in family.blocks(model):
         for layer in family.linears(block).values():

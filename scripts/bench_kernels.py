@@ -98,7 +98,17 @@ def shape_sets(names: list[str], models: dict) -> dict[str, list[tuple[int, int]
 def format_dtype(key: str, prof: DictConfig) -> str:
     """The activation dtype a format runs with: its own where it has one (CSR: fp32, MKL's and
     cuSPARSE's common dtype), else the profile's `act_dtype`."""
-    return parse(key).activation_dtype or prof.act_dtype
+    try:
+        return parse(key).activation_dtype or prof.act_dtype
+    except ValueError:   # an unknown key: its case records the error
+        return prof.act_dtype
+
+
+def needs_cuda(key: str) -> bool:
+    try:
+        return parse(key).needs_cuda
+    except ValueError:   # an unknown key: its entry records the error
+        return False
 
 
 def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: dict) -> list[dict]:
@@ -240,7 +250,7 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
     for name, role, synthetic in runs:
         keys = list(dict.fromkeys([*prof.e2e_formats, *sorted(published.get(name, ()))]))
         if device.type != "cuda":
-            keys = [k for k in keys if not parse(k).needs_cuda]
+            keys = [k for k in keys if not needs_cuda(k)]
         dense_dtypes = list(dict.fromkeys([*prof.dense_dtypes, *(format_dtype(k, prof) for k in keys)]))
         if synthetic:   # a 7B model: one copy in the kernels' dtype is what fits beside its converted copy
             dense_dtypes = [prof.act_dtype]

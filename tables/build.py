@@ -105,7 +105,8 @@ def row_meta(record: dict, table: str) -> RowMeta:
 
 def missing_fields(record: dict) -> list[str]:
     missing = [f for f in RECORD_FIELDS if f not in record]
-    if "protocol" in record and "column" not in record["protocol"]:
+    if "protocol" in record and ("column" not in record["protocol"]
+                                 or record.get("role") == "encoder" and not record["protocol"]["column"]):
         missing.append("protocol.column")
     return missing
 

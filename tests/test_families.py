@@ -76,3 +76,14 @@ def test_a_perplexity_task_refuses_every_encoder_family_by_its_role(config, make
     with pytest.raises(ValueError, match="is an encoder .* perplexity runs need a causal LM"):
         task.prepare()
     assert {f.name for f in FAMILIES.values() if f.role == "encoder"} == {"bert", "deberta_v2"}
+
+
+def test_every_family_names_its_mlp_and_its_structure_among_its_block_linears():
+    """What methods ask a family (its MLP linears, its coupled structure) names linears it has."""
+    from methods.core.arch import FAMILIES
+    for fam in FAMILIES.values():
+        linears = {n for group in fam.sequential for n in group}
+        assert fam.mlp and set(fam.mlp) <= linears, fam.name
+        if fam.structure is not None and not fam.fused_qkv:   # GPT-2's q, k, v exist once unfused
+            s = fam.structure
+            assert {s.q, s.k, s.v, s.o, *s.mlp_up, s.mlp_down} <= linears, fam.name

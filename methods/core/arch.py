@@ -50,6 +50,7 @@ class Family:
     # the norm; None: the structure gates do not know the family
     embedding_norm: bool | None = None
     adaptor_targets: tuple[str, ...] = ()   # LoRA's default targets (the papers': query and value)
+    mlp: tuple[str, ...] = ()               # the block's feed-forward linears, by name
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list; `blocks_attr` may name several paths (e.g. a bare encoder vs a task head)."""
@@ -59,12 +60,6 @@ class Family:
             except AttributeError:
                 continue
         raise UnsupportedModel(f"no blocks at {self.blocks_attr} in {type(model).__name__}")
-
-    def mlp_linears(self) -> tuple[str, ...]:
-        """The names of a block's feed-forward linears: its structure's up- and down-projections."""
-        if self.structure is None:
-            raise UnsupportedModel(f"the '{self.name}' family names no MLP linears: give it a Structure")
-        return (*self.structure.mlp_up, self.structure.mlp_down)
 
     def linears(self, block: nn.Module) -> dict[str, nn.Module]:
         """The block's compressible linears, in true-sequential order."""
@@ -81,7 +76,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",))),
            structure=Structure("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-           embedding_norm=False),
+           embedding_norm=False, mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),
     Family("opt", ("opt",), "model.decoder.layers",
            (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
             ("fc1",), ("fc2",)),
@@ -89,37 +84,40 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             ("final_layer_norm", ("fc1",)), ("self_attn.v_proj", ("self_attn.out_proj",)),
             ("fc1", ("fc2",))),  # OPT's ReLU is positively homogeneous
            structure=Structure("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                               "self_attn.out_proj", ("fc1",), "fc2", ("num_heads",))),
+                               "self_attn.out_proj", ("fc1",), "fc2", ("num_heads",)),
+           mlp=("fc1", "fc2")),
     Family("gpt2", ("gpt2",), "transformer.h",
            (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
            (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",))),
            # its structure once `unfuse_gpt2` has split c_attn into q, k, v linears and made every Conv1D a linear
            structure=Structure("attn", "attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj",
                                ("mlp.c_fc",), "mlp.c_proj", ("num_heads",)),
-           fused_qkv=True, embedding_norm=False),
+           fused_qkv=True, embedding_norm=False, mlp=("mlp.c_fc", "mlp.c_proj")),
     Family("bert", ("bert", "roberta"), "bert.encoder.layer|roberta.encoder.layer|encoder.layer",
            (("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
             ("intermediate.dense",), ("output.dense",)), role="encoder", attention="bert",
            structure=Structure("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
                                "attention.output.dense", ("intermediate.dense",), "output.dense",
                                ("num_attention_heads",)),
-           embedding_norm=True, adaptor_targets=("query", "value")),
+           embedding_norm=True, adaptor_targets=("query", "value"), mlp=("intermediate.dense", "output.dense")),
     Family("deberta_v2", ("deberta-v2",), "deberta.encoder.layer|encoder.layer",
            (("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
             ("attention.output.dense",), ("intermediate.dense",), ("output.dense",)), role="encoder",
-           attention="deberta", adaptor_targets=("query_proj", "value_proj")),
+           attention="deberta", adaptor_targets=("query_proj", "value_proj"), mlp=("intermediate.dense", "output.dense")),
     # BLOOM: ALiBi position biases reach each block as an argument, which the engine's captured
     # block inputs carry like any other
     Family("bloom", ("bloom",), "transformer.h",
            (("self_attention.query_key_value",), ("self_attention.dense",), ("mlp.dense_h_to_4h",),
             ("mlp.dense_4h_to_h",)),
            (("input_layernorm", ("self_attention.query_key_value",)),
-            ("post_attention_layernorm", ("mlp.dense_h_to_4h",)))),
+            ("post_attention_layernorm", ("mlp.dense_h_to_4h",))),
+           mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
            (("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
             ("mlp.dense_4h_to_h",)),
            (("input_layernorm", ("attention.query_key_value",)),
-            ("post_attention_layernorm", ("mlp.dense_h_to_4h",)))),
+            ("post_attention_layernorm", ("mlp.dense_h_to_4h",))),
+           mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
 )}
 
 

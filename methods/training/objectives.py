@@ -3,8 +3,6 @@ low rank, adaptors) and by the fine-tunes of the task baselines: the task loss p
 distillation from the frozen fine-tuned teacher."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 

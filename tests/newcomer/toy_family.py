@@ -9,4 +9,5 @@ PHI = register_family(Family(
     (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.dense",), ("mlp.fc1",), ("mlp.fc2",)),
     (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1")),),
     structure=Structure("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense",
-                        ("mlp.fc1",), "mlp.fc2")))
+                        ("mlp.fc1",), "mlp.fc2"),
+    mlp=("mlp.fc1", "mlp.fc2")))

@@ -68,15 +68,14 @@ class SensiMix(QATMethod):
         self.sensitivity: list[float] = []
 
     def check_family(self, family, config=None) -> None:
-        try:
-            family.mlp_linears()
-        except ValueError as err:
-            raise ValueError(f"SensiMix binarizes the feed-forward linears: {err}") from None
+        if not family.mlp:
+            raise ValueError(f"SensiMix binarizes the feed-forward linears, and the '{family.name}' family names "
+                             "none (Family.mlp in methods/core/arch.py)")
 
     @staticmethod
     def _ffn(family) -> set[str]:
         """The feed-forward linears, as the family names them."""
-        return set(family.mlp_linears())
+        return set(family.mlp)
 
     def blocks_for_target(self, family, blocks: nn.ModuleList) -> int:
         """The number of MP blocks whose average code bits (8 everywhere, 1 in their feed-forwards)
