@@ -142,6 +142,12 @@ class KernelFormat:
         raise NotImplementedError(f"format '{self.key}' has no benchmark case")
 
 
+def numbered(key: str, name: str) -> int | None:
+    """N of a key `<name>-<N>` (sparse-90, neurons-50), else None."""
+    head, _, n = key.partition("-")
+    return int(n) if head == name and n.isdigit() else None
+
+
 _FORMATS: dict[str, type[KernelFormat]] = {}
 
 

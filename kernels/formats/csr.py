@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.formats.base import Case, KernelFormat, WeightFormat, dense_bytes, register_format
+from kernels.formats.base import Case, KernelFormat, WeightFormat, dense_bytes, numbered, register_format
 from methods.core.arch import weight_matrix
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -60,8 +60,8 @@ class CSRFormat(KernelFormat):
 
     @classmethod
     def parse(cls, key):
-        head, _, pct = key.partition("-")
-        return cls(int(pct) / 100) if head == cls.name and pct.isdigit() else None
+        pct = numbered(key, cls.name)
+        return None if pct is None else cls(pct / 100)
 
     @classmethod
     def for_record(cls, comp):

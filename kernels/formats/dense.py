@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.formats.base import Case, KernelFormat, WeightFormat, register_format
+from kernels.formats.base import Case, KernelFormat, WeightFormat, numbered, register_format
 
 DENSE_KINDS = ("structured", "low_rank", "distilled", "dense")
 
@@ -55,8 +55,8 @@ class SmallerDense(KernelFormat):
 
     @classmethod
     def parse(cls, key):
-        head, _, pct = key.partition("-")
-        return cls(int(pct)) if head == cls.name and pct.isdigit() else None
+        pct = numbered(key, cls.name)
+        return None if pct is None else cls(pct)
 
 
 @register_format
