@@ -1,17 +1,17 @@
-"""One validation pass over a run's resolved config, before anything loads: every value has a
-typed range, and the first value out of range stops the run with one line naming the field, the
-value and what is allowed. Method settings are checked by their names (the same name means the
-same thing in every method: `sparsity` is a fraction, `wbits` a bit width); each method's own
-constructor then checks what only it knows. No setting anywhere may be NaN or infinite: every
-comparison with NaN is false, so a range alone would let it through."""
+"""One validation pass over a run's own settings (seed, device, engine, model, calibration,
+evaluation, task, training, timing), before anything loads: every value has a typed range, and
+the first value out of range stops the run with one line naming the field, the value and what is
+allowed. A method's settings are the method's own: their types and ranges are declared on its
+constructor and checked when it is built, still before any loading (methods/core/settings.py).
+No setting anywhere may be NaN or infinite: every comparison with NaN is false, so a range alone
+would let it through."""
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from methods.core.settings import Int, Num, Range
 from methods.core.suggest import did_you_mean
 
 
@@ -19,83 +19,10 @@ class ConfigError(ValueError):
     """Bad input, reported before any work starts."""
 
 
-@dataclass(frozen=True)
-class Range:
-    kind: str                        # "int" | "float" | "bool" | "str" | "choice" | "list"
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    optional: bool = False           # null allowed
-    also: tuple = ()                 # special values allowed beside the range (e.g. -1: per channel)
-    choices: tuple = ()
-    pattern: str | None = None
-    what: str | None = None          # the pattern in words
-
-    def describe(self) -> str:
-        if self.what:
-            text = self.what
-        elif self.kind == "choice":
-            text = "one of " + ", ".join(map(str, self.choices))
-        elif self.kind in ("bool", "str", "list"):
-            text = {"bool": "true or false", "str": "a non-empty string", "list": "a non-empty list"}[self.kind]
-            if self.pattern:
-                text += f" matching {self.pattern}"
-        else:
-            noun = "an integer" if self.kind == "int" else "a number"
-            parts = []
-            if self.lo is not None:
-                parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
-            if self.hi is not None:
-                parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
-            text = noun + (" " + " and ".join(parts) if parts else "")
-        if self.also:
-            text += " (or " + ", ".join(map(str, self.also)) + ")"
-        if self.optional:
-            text += ", or null"
-        return text
-
-    def ok(self, v: Any) -> bool:
-        if v is None:
-            return self.optional
-        if v in self.also and not isinstance(v, bool):
-            return True
-        if self.kind == "bool":
-            return isinstance(v, bool)
-        if self.kind == "str":
-            return isinstance(v, str) and bool(v) and (self.pattern is None or bool(re.fullmatch(self.pattern, v)))
-        if self.kind == "choice":
-            return v in self.choices
-        if self.kind == "list":
-            return isinstance(v, (list, tuple)) and len(v) > 0
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return False
-        if self.kind == "int" and not (isinstance(v, int) or float(v).is_integer()):
-            return False
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
-            return False
-        return True
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def Int(lo=None, hi=None, **kw) -> Range:
-    return Range("int", lo, hi, **kw)
-
-
-def Num(lo=None, hi=None, **kw) -> Range:
-    return Range("float", lo, hi, **kw)
-
-
 BOOL, STR = Range("bool"), Range("str")
 # a name that becomes part of a path under paths.results: never a path itself
 FILE_NAME = Range("str", pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*",
                   what="a plain file name (letters, digits and . _ + -, starting with a letter or digit)")
-FRACTION = Num(0, 1, hi_open=True)
 POSITIVE = Num(0, lo_open=True)
 
 RUN: dict[str, Range] = {
@@ -128,27 +55,6 @@ RUN: dict[str, Range] = {
     "timing.inputs": Int(1, optional=True), "timing.repeats": Int(3),
 }
 
-# method settings by name, wherever they appear in `method` (compositions' steps included)
-METHOD: list[tuple[str, Range]] = [
-    (r"sparsity|rate|ratio|flops_rate", FRACTION),
-    (r"wbits|kv_bits|kernel_bits|bits", Int(1, 16)),
-    (r"abits", Int(1, 16)),
-    (r"target_bits", Num(0, 16, lo_open=True)),
-    (r"group_?size|min_group|stat_group", Int(1, also=(-1,))),
-    (r"block_?size|dq_blocksize", Int(1)),
-    (r"nsamples|centroids|clusters_n|iters|kmeans_iters|rounds|n_grid|n_blocks|search_tokens|clip_tokens",
-     Int(1)),
-    (r"(\w+_)?batches|batch_size", Int(1)),
-    (r"percdamp|damp", Num(0, 1)),
-    (r"(\w+_)?lr", POSITIVE),
-    (r"fine_steps|recovery_steps", Int(0)),
-    (r"temperature|temperature_start|temperature_end", POSITIVE),
-    (r"speedup", Num(1)),
-    (r"seed", Int(0, 2**32 - 1)),
-    (r"(start|end|warmup|soft|tinit|tfinal)_frac", Num(0, 1)),
-]
-
-
 def _get(cfg: dict, dotted: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in dotted.split("."):
@@ -160,17 +66,6 @@ def _get(cfg: dict, dotted: str) -> tuple[bool, Any]:
 
 def _fail(field: str, value: Any, rng: Range) -> ConfigError:
     return ConfigError(f"{field}={value!r} is out of range: it must be {rng.describe()}")
-
-
-def _method_values(node: Any, prefix: str):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _method_values(v, f"{prefix}.{k}")
-    elif isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
-        for i, x in enumerate(node):
-            yield from _method_values(x, f"{prefix}.{i}")
-    else:
-        yield prefix, node
 
 
 def _leaves(node: Any, prefix: str = ""):
@@ -202,15 +97,6 @@ def check_values(cfg: dict[str, Any]) -> None:
     if present and ds >= cfg["task"].get("max_length", ds + 1):
         raise ConfigError(f"task.doc_stride={ds} is out of range: it must be below task.max_length "
                           f"({cfg['task']['max_length']})")
-    for field, value in _method_values(cfg.get("method") or {}, "method"):
-        leaf = field.rsplit(".", 1)[-1]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue   # switches, names, lists: the method's own checks
-        for pattern, rng in METHOD:
-            if re.fullmatch(pattern, leaf):
-                if not rng.ok(value):
-                    raise _fail(field, value, rng)
-                break
 
 
 def check_model_folder(field: str, path: str) -> None:

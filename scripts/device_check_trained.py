@@ -1,10 +1,12 @@
 """Device check of the training-based methods on CUDA (the trainer's bf16 autocast):
 
-    pruning        every trained pruner on a small BERT, and ZipLM's latency table at
-                   BERT-base shapes on the GPU                    -> device_check_trained.json
-    quantization   every QAT row on a small BERT, MREM and Mr.BiQ through the sequential
-                   engine, the decoder rows (PEQA, QLoRA, INT2.1, Wu et al., LLM-QAT) on two
-                   blocks of the tiny Llama                       -> device_check_quantization.json
+    pruning        every pruner that declares checks (`smoke`, with the method) on a small
+                   BERT, and ZipLM's latency table at BERT-base shapes on the GPU
+                                                                  -> device_check_trained.json
+    quantization   every quantizer that declares checks: encoder rows on a small BERT,
+                   layer-wise ones (MREM, Mr.BiQ) through the sequential engine, decoder rows
+                   (PEQA, QLoRA, INT2.1, Wu et al., LLM-QAT) on two blocks of the tiny Llama
+                                                                  -> device_check_quantization.json
 
     python scripts/device_check_trained.py [pruning] [quantization]    # on a machine with a GPU
 
@@ -17,27 +19,31 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-CASES = [("movement", {"rate": 0.8, "interval": 2}), ("movement", {"rate": 0.8, "hard_movement": True, "interval": 2}),
-         ("obert", {"rate": 0.8, "fisher_batches": 2, "block_size": 16, "interval": 2}),
-         ("obert", {"rate": 0.8, "score": "magnitude", "interval": 2}), ("leap", {"rate": 0.8, "interval": 2}),
-         ("cap", {"rate": 0.8, "interval": 2}), ("cap_structured", {"rate": 0.5, "interval": 2}),
-         ("bmp", {"rate": 0.5, "interval": 2}), ("snip", {"rate": 0.5, "interval": 2}),
-         ("dynabert", {"rate": 0.5, "widths": [1.0, 0.5]}), ("top_drop_ft", {"rate": 0.5}), ("cofi", {"rate": 0.5}),
-         ("ebert", {"rate": 0.5}), ("ziplm", {"speedup": 2.0}), ("power_bert", {"rate": 0.5}), ("ltp", {"rate": 0.5})]
+def cases(group: str) -> list[tuple[str, dict, Callable]]:
+    """Every registered method of `group` (its package under methods/) that declares short checks
+    (`Method.smoke`), each case with its check: the sequential engine for a layer-wise method, the
+    tiny Llama for one that trains decoders first (`roles`), a small BERT otherwise."""
+    from methods.core.base import LayerwiseMethod, registry
+    out = []
+    for name, cls in sorted(registry().items()):
+        if cls.__module__.split(".")[1:2] != [group]:
+            continue
+        check = (check_engine_method if issubclass(cls, LayerwiseMethod)
+                 else check_decoder_method if getattr(cls, "roles", ("encoder",))[0] == "decoder" else check_method)
+        out += [(name, dict(kw), check) for kw in cls.smoke]
+    return out
 
 
-QUANT_CASES = [("q8bert_qat", {}), ("ternarybert", {}), ("kmeans_ft", {}), ("quant_noise", {}), ("ibert", {}),
-               ("binarybert", {}), ("bit", {}), ("sensimix", {"probe_batches": 2}),
-               ("prequant", {"outlier_ratio": 0.125, "probe_batches": 2})]
-ENGINE_CASES = [("mrem", {"steps": 20, "lr": 1e-3}), ("mrbiq", {"steps": 20, "lr": 1e-3, "rounds": 2})]
-DECODER_CASES = [("peqa", {}), ("qlora", {"r": 4}), ("int21", {"r": 4, "nsamples": 4}), ("wu_int4", {}),
-                 ("llm_qat", {"nsamples": 4, "length": 16})]
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def check_method(name: str, kw: dict, dev: torch.device) -> dict:
@@ -57,7 +63,7 @@ def check_method(name: str, kw: dict, dev: torch.device) -> dict:
     t = time.perf_counter()
     out = method.compress_trained(model, fam, TrainingInputs(
         trainer, lambda e: data, teacher, pretrained=lambda: tiny_bert(qa=True, seed=1).to(dev)), dev)
-    torch.cuda.synchronize()
+    _sync(dev)
     rec = method.result(before, measure(out, fam)).to_record(32)
     with torch.no_grad():
         ok = bool(torch.isfinite(out(**{k: v.to(dev) for k, v in data[0].items() if "positions" not in k})
@@ -82,7 +88,7 @@ def check_engine_method(name: str, kw: dict, dev: torch.device) -> dict:
     before = measure(model, fam)
     t = time.perf_counter()
     apply_method(method, model, fam, InputBatches(data), dev, progress=False)
-    torch.cuda.synchronize()
+    _sync(dev)
     rec = method.result(before, measure(model, fam)).to_record(32)
     with torch.no_grad():
         ok = bool(torch.isfinite(model(**data[0]).logits).all())
@@ -116,7 +122,7 @@ def check_decoder_method(name: str, kw: dict, dev: torch.device) -> dict:
     trainer = Trainer(TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_ratio=0.0), dev, progress=False)
     t = time.perf_counter()
     out = method.compress_trained(model, fam, TrainingInputs(trainer, lambda e: data, teacher), dev)
-    torch.cuda.synchronize()
+    _sync(dev)
     rec = method.result(before, measure(out, fam)).to_record(16)
     with torch.no_grad():
         ok = bool(torch.isfinite(out(input_ids=data[0]["input_ids"].to(dev)).logits).all())
@@ -124,8 +130,8 @@ def check_decoder_method(name: str, kw: dict, dev: torch.device) -> dict:
             "precision": str(trainer.dtype)}
 
 
-def run_cases(cases, check, dev, report) -> None:
-    for name, kw in cases:
+def run_cases(group: str, dev: torch.device, report: dict) -> None:
+    for name, kw, check in cases(group):
         try:
             entry = {"method": name, "kw": kw, **check(name, kw, dev)}
         except Exception as err:  # noqa: BLE001 - the report names every failure
@@ -141,7 +147,7 @@ def main(groups: list[str]) -> None:
         report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "methods": []}
         if group == "pruning":
             from methods.pruning.trained.ziplm import latency_table
-            run_cases(CASES, check_method, dev, report)
+            run_cases(group, dev, report)
             t = time.perf_counter()
             att, ffn = latency_table(768, 64, 1, 12, 3072, 1, (32, 128), dev)
             report["ziplm_latency_bert_base_b32_s128"] = {"attention_s_by_heads": att,
@@ -149,9 +155,7 @@ def main(groups: list[str]) -> None:
                                                            "seconds": time.perf_counter() - t}
             (out / "device_check_trained.json").write_text(json.dumps(report, indent=1))
         elif group == "quantization":
-            run_cases(QUANT_CASES, check_method, dev, report)
-            run_cases(ENGINE_CASES, check_engine_method, dev, report)
-            run_cases(DECODER_CASES, check_decoder_method, dev, report)
+            run_cases(group, dev, report)
             (out / "device_check_quantization.json").write_text(json.dumps(report, indent=1))
         else:
             raise SystemExit(f"unknown group '{group}': pruning | quantization")

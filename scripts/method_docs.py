@@ -7,6 +7,7 @@ the description its config file opens with. Run it after adding or changing a me
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from methods.core.base import LayerwiseMethod, ModelMethod, TrainedMethod, build, registry  # noqa: E402
+from methods.core.base import (DESCRIPTIVE, LayerwiseMethod, ModelMethod, TrainedMethod, build,  # noqa: E402
+                               registry)
+from methods.core.settings import describe, settings_type  # noqa: E402
 
 OUT = ROOT / "docs" / "methods.md"
 TABLES = {"table2": "Table 2: pruning, encoders", "table3": "Table 3: pruning, decoders",
@@ -68,7 +71,23 @@ def render() -> str:
                   "|---|---|---|---|---|", *by_table[table], ""]
     lines += ["## Presets in no survey table (baselines, controls, compositions)", "",
               "| preset | method | kind | what it runs |", "|---|---|---|---|", *untabled, ""]
+    lines += ["## Settings of each method", "",
+              "Each method's constructor parameters, with the type and range its annotation declares "
+              "(`methods/core/settings.py`; checked before anything loads) and its default. Table "
+              "metadata (`preset`, `label`, `ref`, …) is left out.", "",
+              "| method | settings |", "|---|---|",
+              *(f"| `{name}` | {settings_line(registry()[name])} |" for name in sorted(shipped)), ""]
     return "\n".join(lines)
+
+
+def settings_line(cls) -> str:
+    parts = []
+    for field in dataclasses.fields(settings_type(cls)):
+        if field.name in DESCRIPTIVE:
+            continue
+        default = "" if field.default is dataclasses.MISSING else f" = `{field.default!r}`"
+        parts.append(f"`{field.name}`: {describe(field.type)}{default}")
+    return "; ".join(parts).replace("|", "\\|")
 
 
 def main(argv: list[str]) -> int:

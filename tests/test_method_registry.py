@@ -3,6 +3,9 @@ module plus one config file) runs through the pipeline and shows up in its table
 are checked before any work."""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +15,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from eval.pipeline import ConfigError, plan, run
-from methods.core.base import LayerwiseMethod, ModelMethod, TrainedMethod, build, registry
+from methods.core.base import LayerwiseMethod, ModelMethod, TrainedMethod, build, registry, settings_of
+from methods.core.settings import Count, Fraction, SettingError, check_settings, settings_type
 from methods.core.hooks import forward_hooks
 from tables.build import TABLES, build_table, reported
 
@@ -52,6 +56,79 @@ def test_table_metadata_names_existing_tables_and_the_survey_references():
             kind_col = TABLES[key].kind_column
             if kind_col == "uniform":
                 assert row.uniform in ("UQ", "NUQ"), (stem, key, row)
+
+
+def test_every_method_declares_a_typed_settings_class_that_its_presets_fit():
+    for name, cls in registry().items():
+        fields = {f.name: f.type for f in dataclasses.fields(settings_type(cls))}
+        assert set(fields) == settings_of(cls), name          # every constructor setting, parents' included
+        untyped = [k for k, t in fields.items() if t is typing.Any]
+        assert not untyped, (name, untyped)
+    for stem, cfg in _configs().items():
+        knobs = dict(cfg)
+        check_settings(registry()[knobs.pop("name")], knobs)  # raises at the first misfit
+
+
+class _Toy(LayerwiseMethod):
+    """A setting's range comes from its declared type, not from its name."""
+
+    def __init__(self, keep: Fraction = 0.5, rate: float = 2.0, widths: tuple[Count, ...] = (1, 2)):
+        self.keep, self.rate, self.widths = keep, rate, widths
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"keep": 1.5}, "method.keep=1.5 is out of range: it must be a number >= 0 and < 1"),
+    ({"keep": "half"}, "method.keep='half' is out of range: it must be a number >= 0 and < 1"),
+    ({"widths": [1, 0]}, "method.widths=[1, 0] is out of range: it must be a list, each an integer >= 1"),
+])
+def test_a_method_setting_is_checked_against_its_declared_type_before_the_method_is_built(knobs, message):
+    with pytest.raises(SettingError) as err:
+        check_settings(_Toy, knobs)
+    assert str(err.value) == message
+    check_settings(_Toy, {"rate": 5.0, "keep": 0.0, "widths": [3]})   # `rate` declares no range: 5.0 is fine
+
+
+@pytest.mark.parametrize("name, knobs, message", [
+    ("gptq", {"wbits": "four"}, "method.wbits='four' is out of range: it must be an integer >= 1 and <= 16"),
+    ("finequant", {"outlier_ratio": 0}, "method.outlier_ratio=0 is out of range: it must be a number > 0"),
+    ("sparsegpt_gptq", {"steps": "[{name: wanda, sparsity: 0.5}, {name: sparsegpt, percdamp: 2}]"},
+     "method.steps.1.percdamp=2 is out of range: it must be a number >= 0 and <= 1"),
+])
+def test_a_run_with_a_method_setting_out_of_its_range_stops_in_one_line_before_loading(make_config, name, knobs,
+                                                                                       message):
+    over = {"method": name, **{f"method.{k}": v for k, v in knobs.items()}}
+    with pytest.raises(ConfigError) as err:
+        plan(make_config(**over))
+    assert str(err.value) == message
+
+
+def _device_check():
+    spec = importlib.util.spec_from_file_location("device_check_trained", ROOT / "scripts" / "device_check_trained.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_device_check_list_is_every_trained_pruner_and_quantizer_the_registry_holds():
+    check = _device_check()
+    listed = {group: {name for name, _, _ in check.cases(group)} for group in ("pruning", "quantization")}
+    for name, cls in registry().items():
+        group = cls.__module__.split(".")[1:2]
+        if issubclass(cls, TrainedMethod) and group in (["pruning"], ["quantization"]):
+            assert cls.smoke and name in listed[group[0]], name     # declares its short checks, and is listed
+    for group in listed:
+        for name, knobs, _ in check.cases(group):
+            check_settings(registry()[name], knobs, f"{name}.smoke")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("group, name", [("pruning", "top_drop_ft"), ("quantization", "mrem"),
+                                         ("quantization", "wu_int4")])
+def test_a_device_check_case_of_each_kind_runs_on_the_cpu(group, name):
+    check = _device_check()
+    [(_, knobs, run)] = [c for c in check.cases(group) if c[0] == name][:1]
+    out = run(name, knobs, torch.device("cpu"))
+    assert out["ok"] and 0 < out["comp_rate"] < 1, out
 
 
 def test_every_method_has_one_kind():

@@ -15,6 +15,7 @@ from torch import nn
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
+from methods.core.settings import Count, Fraction, UnitInterval
 
 
 
@@ -46,7 +47,7 @@ class _Adaptor(TrainedMethod):
     uses_teacher = False
     from_pretrained = True
 
-    def __init__(self, r: int, alpha: float, dropout: float, targets: Sequence[str] | None, preset: str):
+    def __init__(self, r: Count, alpha: float, dropout: Fraction, targets: Sequence[str] | None, preset: str):
         if r < 1:
             raise ValueError(f"adaptor rank r must be >= 1, got {r}")
         self.r, self.alpha, self.dropout, self.targets, self.preset = r, alpha, dropout, targets, preset
@@ -87,7 +88,7 @@ class _Adaptor(TrainedMethod):
 class LoRA(_Adaptor):
     rows = {"table7": TableRow("LoRA", "60", cost="high", columns={"target": "A", "preset": "lora"})}
 
-    def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.1, targets: Sequence[str] | None = None,
+    def __init__(self, r: Count = 8, alpha: float = 16, dropout: Fraction = 0.1, targets: Sequence[str] | None = None,
                  preset: str = "lora"):
         super().__init__(r, alpha, dropout, targets, preset)
 
@@ -104,8 +105,8 @@ class LoRA(_Adaptor):
 class AdaLoRA(_Adaptor):
     rows = {"table7": TableRow("AdaLoRA", "172", cost="high", columns={"target": "A", "preset": "adalora"})}
 
-    def __init__(self, r: int = 8, init_r: int = 12, alpha: float = 32, dropout: float = 0.1,
-                 targets: Sequence[str] | None = None, tinit_frac: float = 0.1, tfinal_frac: float = 0.2,
+    def __init__(self, r: Count = 8, init_r: Count = 12, alpha: float = 32, dropout: Fraction = 0.1,
+                 targets: Sequence[str] | None = None, tinit_frac: UnitInterval = 0.1, tfinal_frac: UnitInterval = 0.2,
                  delta_t: int = 10, beta1: float = 0.85, beta2: float = 0.85, orth_reg_weight: float = 0.1,
                  preset: str = "adalora"):
         super().__init__(r, alpha, dropout, targets, preset)

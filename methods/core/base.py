@@ -26,6 +26,7 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.calibration import CalibrationData, InputBatches, TokenWindows
 from methods.core.model_facts import ModelSize
+from methods.core.settings import check_settings
 from methods.core.stats import LinearStats
 from methods.core.suggest import did_you_mean
 
@@ -177,6 +178,8 @@ class Method:
     `physical`: the compressed model is physically smaller, so its forward speedup is measured;
     `dynamic_speedup`: it computes less without being smaller (token pruning), measured as well.
     `version`: bumped by any change of the algorithm, so that its old records are not reused.
+    `smoke`: settings of short checks on a small model (seconds each), run on a GPU by
+    scripts/device_check_trained.py; a method without any is not device-checked there.
     """
 
     name: ClassVar[str]
@@ -185,6 +188,7 @@ class Method:
     physical: ClassVar[bool] = False
     dynamic_speedup: ClassVar[bool] = False
     rows: ClassVar[Mapping[str, TableRow]] = {}  # table key -> how the method appears there
+    smoke: ClassVar[tuple[Mapping[str, Any], ...]] = ()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -357,13 +361,20 @@ def settings_of(cls: type[Method]) -> set[str]:
 
 
 def build(name: str, **knobs: Any) -> Method:
-    """Instantiate the method registered as `name` with its config knobs. Every preset names
-    itself (`preset`, conf/method/<preset>.yaml); a method that does not take the name is built
-    without it, and carries it as `preset`."""
+    """Instantiate the method registered as `name` with its config knobs (the run's `method`)."""
+    return build_at("method", name, knobs)
+
+
+def build_at(where: str, name: str, knobs: dict[str, Any]) -> Method:
+    """Instantiate the method registered as `name` with its config knobs, found at `where` in the
+    run's config. The knobs are checked against the method's typed settings first
+    (methods/core/settings.py). Every preset names itself (`preset`, conf/method/<preset>.yaml);
+    a method that does not take the name is built without it, and carries it as `preset`."""
     _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
+    check_settings(cls, knobs, where)
     preset = knobs.get("preset")
     if "preset" in knobs and not _takes(cls, "preset"):
         knobs = {k: v for k, v in knobs.items() if k != "preset"}

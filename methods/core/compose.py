@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from methods.core.base import CompressionResult, LayerwiseMethod, TableRow, TrainedMethod, build, register
+from methods.core.base import CompressionResult, LayerwiseMethod, TableRow, TrainedMethod, build_at, register
 from methods.core.model_facts import ModelSize
 
 
@@ -17,9 +17,9 @@ class Compose(LayerwiseMethod):
         if not steps:
             raise ValueError("compose needs a non-empty `steps` list of method configs")
         self.steps: list[LayerwiseMethod] = []
-        for step in steps:
+        for i, step in enumerate(steps):
             step = dict(step)
-            method = build(step.pop("name"), **step)
+            method = build_at(f"method.steps.{i}", step.pop("name"), step)
             if not isinstance(method, LayerwiseMethod):
                 kind = "a trained" if isinstance(method, TrainedMethod) else "a whole-model"
                 raise ValueError(f"compose chains layer-wise methods block by block; step '{method.name}' is "

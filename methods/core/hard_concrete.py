@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from methods.core.settings import Positive
 
 
 class HardConcrete(nn.Module):
@@ -13,7 +14,7 @@ class HardConcrete(nn.Module):
     deterministic value in evaluation. `lr_scale` on log_alpha asks the trainer for a larger rate."""
 
     def __init__(self, n: int, keep: float = 0.95, beta: float = 2 / 3, limits: tuple[float, float] = (-0.1, 1.1),
-                 lr_scale: float = 1.0):
+                 lr_scale: Positive = 1.0):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((n,), math.log(keep / (1 - keep))))
         self.log_alpha.lr_scale = lr_scale

@@ -23,6 +23,7 @@ from methods.distillation.losses import SURVEY_LETTER, Objective
 from methods.distillation.matching import KINDS, Matching
 from methods.distillation.student import INITS, kept_layers, make_student, student_layers
 from methods.distillation.taps import Tapped
+from methods.core.settings import Fraction, Positive, Seed
 
 NEEDS_QK = ("attention", "relations", "mh_relations")
 
@@ -45,12 +46,12 @@ class _Student(nn.Module):
 class Distill(TrainedMethod):
     physical = True
 
-    def __init__(self, preset: str = "custom", label: str = "KD", ref: str = "", rate: float = 0.5,
+    def __init__(self, preset: str = "custom", label: str = "KD", ref: str = "", rate: Fraction = 0.5,
                  init: str = "every_other", sources: Mapping[str, float] | None = None,
                  stages: Sequence[Mapping[str, Any]] | None = None, matching: str = "skip",
-                 temperature: float = 1.0, hidden_tokens: str = "all", hidden_normalize: bool = False,
+                 temperature: Positive = 1.0, hidden_tokens: str = "all", hidden_normalize: bool = False,
                  relation_heads: int | None = None, teacher_relation_layer: int = -1,
-                 not_run: Sequence[str] = (), seed: int = 0):
+                 not_run: Sequence[str] = (), seed: Seed = 0):
         if not 0 < rate < 1:
             raise ValueError(f"rate is the fraction of the teacher's layers removed; got {rate}, need 0 < rate < 1")
         if init not in INITS:

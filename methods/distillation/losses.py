@@ -22,6 +22,7 @@ from torch import nn
 from methods.distillation.matching import Matching
 from methods.distillation.taps import Features
 from methods.training.objectives import logit_kl
+from methods.core.settings import Positive
 
 SOURCES = ("logits", "hard", "hidden", "attention", "embeddings", "relations", "mh_relations")
 SURVEY_LETTER = {"logits": "L", "hidden": "H", "attention": "A", "relations": "A", "mh_relations": "A",
@@ -75,7 +76,7 @@ class Objective(nn.Module):
     """The weighted sum of the chosen sources (`weights`: source -> weight)."""
 
     def __init__(self, weights: Mapping[str, float], matching: Matching, student_width: int, teacher_width: int,
-                 temperature: float = 1.0, hidden_tokens: str = "all", hidden_normalize: bool = False,
+                 temperature: Positive = 1.0, hidden_tokens: str = "all", hidden_normalize: bool = False,
                  relation_heads: int | None = None, teacher_relation_layer: int = -1):
         super().__init__()
         unknown = sorted(set(weights) - set(SOURCES))

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from methods.core.settings import Seed
 
 Cost = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]  # (i, j, student x, teacher target)
 KINDS = ("skip", "last", "ckd", "alp", "rail", "emd")
@@ -73,7 +74,7 @@ def emd_flow(cost: torch.Tensor) -> torch.Tensor:
 class Matching(nn.Module):
     """One matching strategy between a student of `ls` layers and a teacher of `lt`."""
 
-    def __init__(self, kind: str, ls: int, lt: int, width: int, seed: int = 0):
+    def __init__(self, kind: str, ls: int, lt: int, width: int, seed: Seed = 0):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown layer matching '{kind}'; known: {', '.join(KINDS)}")

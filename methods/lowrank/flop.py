@@ -25,12 +25,13 @@ from methods.core.model_facts import ModelSize
 from methods.core.outputs import task_logits
 from methods.lowrank.factorized import FactorizedLinear, svd_factors
 from methods.core.hard_concrete import HardConcrete, lagrangian
+from methods.core.settings import Fraction, Positive
 
 
 class GatedFactorized(nn.Module):
     """y = P·(z ⊙ (Q x)) + b, gates z over the rank-one components."""
 
-    def __init__(self, layer: nn.Linear, gate_lr_scale: float):
+    def __init__(self, layer: nn.Linear, gate_lr_scale: Positive):
         super().__init__()
         rank = min(layer.in_features, layer.out_features)
         q, p = svd_factors(layer.weight.data, rank)
@@ -63,7 +64,7 @@ class GatedFactorized(nn.Module):
 class _Pruned(nn.Module):
     """The model with its gated factors and the two Lagrange multipliers: what the trainer fits."""
 
-    def __init__(self, model: nn.Module, gated: dict[str, GatedFactorized], dense_params: int, lam_lr_scale: float):
+    def __init__(self, model: nn.Module, gated: dict[str, GatedFactorized], dense_params: int, lam_lr_scale: Positive):
         super().__init__()
         self.model, self.dense_params = model, dense_params
         self.gated = list(gated.values())
@@ -84,8 +85,8 @@ class _Pruned(nn.Module):
 class FLOP(TrainedMethod):
     physical = True
 
-    def __init__(self, rate: float = 0.857, distill: bool = True, temperature: float = 1.0,
-                 gate_lr_scale: float = 100.0, lambda_lr_scale: float = 100.0, label: str = "Wang et al.",
+    def __init__(self, rate: Fraction = 0.857, distill: bool = True, temperature: Positive = 1.0,
+                 gate_lr_scale: Positive = 100.0, lambda_lr_scale: Positive = 100.0, label: str = "Wang et al.",
                  ref: str = "141", preset: str = "flop"):
         if not 0 < rate < 1:
             raise ValueError(f"rate is the fraction of the factorised parameters removed; got {rate}, need (0, 1)")

@@ -23,6 +23,7 @@ from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, Tra
 from methods.core.model_facts import ModelSize
 from methods.lowrank.factorized import factorize, rank_for_rate
 from methods.lowrank.fisher import row_fisher
+from methods.core.settings import Count, Fraction
 
 FINETUNES = ("none", "labels", "distill")
 
@@ -31,7 +32,7 @@ FINETUNES = ("none", "labels", "distill")
 class LowRankSVD(TrainedMethod):
     physical = True
 
-    def __init__(self, rate: float = 0.5, weighting: str = "none", finetune: str = "none", fisher_batches: int = 32,
+    def __init__(self, rate: Fraction = 0.5, weighting: str = "none", finetune: str = "none", fisher_batches: Count = 32,
                  label: str = "SVD", ref: str = "59", preset: str = "svd", distill_sources: dict | None = None):
         if not 0 < rate < 1:
             raise ValueError(f"rate is the fraction of the factorised parameters removed; got {rate}, need (0, 1)")

@@ -13,6 +13,7 @@ from methods.core.base import CompressionResult, Kind, ModelMethod, TableRow, re
 from methods.core.calibration import CalibrationData
 from methods.core.model_facts import ModelSize
 from methods.core.surgery import delete_blocks
+from methods.core.settings import Count
 
 
 def block_influence(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -24,7 +25,7 @@ def block_influence(x: torch.Tensor, y: torch.Tensor) -> float:
 class BlockDrop(ModelMethod):
     physical = True
 
-    def __init__(self, n_blocks: int = 1, rule: str = "influence"):
+    def __init__(self, n_blocks: Count = 1, rule: str = "influence"):
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
         if rule not in ("influence", "top"):

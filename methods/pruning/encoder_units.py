@@ -18,6 +18,7 @@ from methods.core.calibration import InputBatches
 from methods.core.hooks import forward_hooks
 from methods.core.model_facts import ModelSize
 from methods.pruning.structure import remove_units, struct_spec, units
+from methods.core.settings import Count, Fraction
 
 
 def require_encoder(family, method: str) -> None:
@@ -118,7 +119,7 @@ class EncoderPruning(ModelMethod):
     physical = True
     granularity = "N,H"
 
-    def __init__(self, flops_rate: float, seq_len: int):
+    def __init__(self, flops_rate: Fraction, seq_len: Count):
         if not 0 < flops_rate < 1:
             raise ValueError(f"flops_rate (fraction of FLOPs removed) must lie in (0, 1), got {flops_rate}")
         self.flops_rate, self.seq_len = flops_rate, seq_len

@@ -25,6 +25,7 @@ from methods.core.calibration import InputBatches, model_inputs
 from methods.core.hooks import forward_hooks
 from methods.pruning.encoder_units import EncoderPruning, encoder_flops, prune_with_masks
 from methods.pruning.structure import struct_spec
+from methods.core.settings import Count, Fraction
 
 
 def gaussian_kernel(points: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -99,7 +100,7 @@ class KCM(EncoderPruning):
     rows = {"table2": TableRow("KCM", "110", "N")}
     granularity = "N"
 
-    def __init__(self, flops_rate: float = 0.2, seq_len: int = 128, sigma: float | None = None, tol: float = 1e-4):
+    def __init__(self, flops_rate: Fraction = 0.2, seq_len: Count = 128, sigma: float | None = None, tol: float = 1e-4):
         super().__init__(flops_rate, seq_len)
         self.sigma, self.tol = sigma, tol
 

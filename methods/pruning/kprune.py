@@ -45,6 +45,7 @@ from methods.core.outputs import task_logits
 from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_dim, layer_shapes,
                                            reference_batch_size, unit_flops)
 from methods.pruning.structure import remove_units, struct_spec, units
+from methods.core.settings import Count, Fraction, Positive
 
 
 def soft_targets(model: nn.Module, batch: dict, device, T: float) -> list[torch.Tensor]:
@@ -111,8 +112,8 @@ def reconstruct(features: torch.Tensor, target: torch.Tensor, damp: float = 1e-6
 class Kprune(EncoderPruning):
     rows = {"table2": TableRow("Kprune", "112", "N,H")}
 
-    def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, lam_pred: float = 1.0, lam_rep: float = 2.5e-4,
-                 mu: float = 64.0, temperature: float = 2.0, tune: bool = True, batch_size: int | None = None):
+    def __init__(self, flops_rate: Fraction = 0.5, seq_len: Count = 128, lam_pred: float = 1.0, lam_rep: float = 2.5e-4,
+                 mu: float = 64.0, temperature: Positive = 2.0, tune: bool = True, batch_size: Count | None = None):
         super().__init__(flops_rate, seq_len)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"kprune: batch_size must be >= 1 (or null: the reference's), got {batch_size}")

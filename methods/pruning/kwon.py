@@ -40,6 +40,7 @@ from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_d
                                            reference_batch_size, unit_flops)
 from methods.pruning.mask_tuning import tune_like_reference
 from methods.pruning.structure import struct_spec
+from methods.core.settings import Count, Fraction
 
 
 def per_sample_mask_gradients(model, family, batches, L: int, H: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +198,8 @@ class Kwon(EncoderPruning):
     rows = {"table2": TableRow("Kwon et al.", "81", "N,H")}
     FISHER, REARRANGE, TUNE = ("batch", "sample"), ("greedy", "swap", "none"), ("reference", "dense", "none")
 
-    def __init__(self, flops_rate: float = 0.5, seq_len: int = 128, fisher: str = "batch",
-                 fisher_batch_size: int | None = None, rearrange: str = "greedy", tune: str = "reference",
+    def __init__(self, flops_rate: Fraction = 0.5, seq_len: Count = 128, fisher: str = "batch",
+                 fisher_batch_size: Count | None = None, rearrange: str = "greedy", tune: str = "reference",
                  on_failure: str = "stop"):
         super().__init__(flops_rate, seq_len)
         for name, value, allowed in (("fisher", fisher, self.FISHER), ("rearrange", rearrange, self.REARRANGE),

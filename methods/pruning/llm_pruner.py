@@ -24,6 +24,7 @@ from methods.core.calibration import CalibrationData, TokenWindows
 from methods.core.model_facts import ModelSize, count_params, embedding_params
 from methods.pruning.structure import (plan_removal, remove_units, struct_spec, unfuse_gpt2, unit_params, unit_scores,
                                        units)
+from methods.core.settings import Count, Fraction, LearningRate, Steps
 
 
 def accumulate_gradients(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> None:
@@ -66,9 +67,9 @@ class LLMPruner(ModelMethod):
     accepts = (TokenWindows,)  # gradients of the next-token loss on the calibration windows
     physical = True
 
-    def __init__(self, ratio: float = 0.2, importance: str = "taylor", layers: list[int] | None = None,
-                 count_embeddings: bool = True, recovery_steps: int = 0, recovery_lr: float = 1e-4,
-                 lora_rank: int = 8, batch_size: int = 4):
+    def __init__(self, ratio: Fraction = 0.2, importance: str = "taylor", layers: list[int] | None = None,
+                 count_embeddings: bool = True, recovery_steps: Steps = 0, recovery_lr: LearningRate = 1e-4,
+                 lora_rank: Count = 8, batch_size: Count = 4):
         if not 0 < ratio < 1:
             raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
         if importance not in ("taylor", "magnitude"):

@@ -20,6 +20,7 @@ from methods.pruning.unstructured import PruningMethod
 from methods.pruning.sparsegpt import SparseGPT
 from methods.core.stats import ACT_SQ
 from methods.pruning.wanda import Wanda, wanda_score
+from methods.core.settings import Fraction
 
 
 def outlier_ratio(scores: list[torch.Tensor], M: float) -> float:
@@ -40,7 +41,7 @@ def layer_sparsities(ratios: list[float], sparsity: float, lamda: float) -> list
 class _OWL(PruningMethod):
     plans = True
 
-    def __init__(self, sparsity: float | str = 0.7, M: float = 5.0, lamda: float = 0.08, **base: Any):
+    def __init__(self, sparsity: Fraction | str = 0.7, M: float = 5.0, lamda: float = 0.08, **base: Any):
         if isinstance(sparsity, str) and ":" in sparsity:
             raise ValueError("OWL allocates unstructured layer-wise sparsity; N:M is not supported")
         self.base = self.base_cls(sparsity, **base)

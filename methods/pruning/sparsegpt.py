@@ -24,6 +24,7 @@ from methods.core.hessian import dampened_inverse_cholesky, drop_dead_inputs
 from methods.pruning.masks import Sparsity
 from methods.pruning.unstructured import PruningMethod
 from methods.core.stats import HESSIAN, LinearStats
+from methods.core.settings import Count, Damp, Fraction
 
 
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, target: Sparsity, blocksize: int = 128,
@@ -67,7 +68,7 @@ class SparseGPT(PruningMethod):
     stats = frozenset({HESSIAN})
     rows = {"table3": TableRow("SparseGPT", "40")}
 
-    def __init__(self, sparsity: float | str = 0.5, blocksize: int = 128, percdamp: float = 0.01):
+    def __init__(self, sparsity: Fraction | str = 0.5, blocksize: Count = 128, percdamp: Damp = 0.01):
         super().__init__(sparsity)
         if blocksize <= 0 or not 0 <= percdamp:
             raise ValueError("sparsegpt needs blocksize > 0 and percdamp >= 0")

@@ -10,12 +10,13 @@ from methods.core.arch import in_features
 from methods.core.base import CompressionResult, Kind, LayerwiseMethod
 from methods.core.model_facts import ModelSize
 from methods.pruning.masks import Sparsity
+from methods.core.settings import Fraction
 
 
 class PruningMethod(LayerwiseMethod):
     """A method that zeroes weights to reach `sparsity` (a fraction, or "N:M")."""
 
-    def __init__(self, sparsity: float | str = 0.5):
+    def __init__(self, sparsity: Fraction | str = 0.5):
         self.target = Sparsity.parse(sparsity)
         self.block_targets: dict[int, Sparsity] = {}  # non-uniform overrides (OWL)
 

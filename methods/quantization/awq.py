@@ -23,6 +23,7 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import QuantSpec, fake_quantize, find_params, quantize_weight
 from methods.core.stats import INPUTS
+from methods.core.settings import Bits, Count, GroupSize, Seed
 
 
 def rtn(W: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -80,9 +81,9 @@ class AWQ(QuantMethod):
     propagate_compressed = False
     rows = {"table5": TableRow("AWQ", "95", uniform="UQ")}
 
-    def __init__(self, wbits: int = 4, group_size: int | None = 128, sym: bool = False, n_grid: int = 20,
-                 clip: bool = True, max_shrink: float = 0.5, search_tokens: int = 8192, clip_tokens: int = 512,
-                 seed: int = 0, nominal_base: int | None = None):
+    def __init__(self, wbits: Bits = 4, group_size: GroupSize | None = 128, sym: bool = False, n_grid: Count = 20,
+                 clip: bool = True, max_shrink: float = 0.5, search_tokens: Count = 8192, clip_tokens: Count = 512,
+                 seed: Seed = 0, nominal_base: int | None = None):
         super().__init__(wbits, sym, group_size, None, "minmax", nominal_base)
         self.n_grid, self.clip_search, self.max_shrink = n_grid, clip, max_shrink
         self.search_tokens, self.clip_tokens, self.seed = search_tokens, clip_tokens, seed

@@ -10,6 +10,7 @@ from methods.core.base import CompressionResult, Kind, LayerwiseMethod, Method
 from methods.core.model_facts import ModelSize
 from methods.quantization.quantizer import FP16_BITS, QuantizedTensor, QuantSpec, groups_per_row, keep_codes, \
     stored_bits
+from methods.core.settings import Bits, GroupSize
 
 
 class StorageLedger(Method):
@@ -46,7 +47,7 @@ class QuantLedger(StorageLedger):
     its own scale and zero (GPTQ's reference does the same); the record names those layers and the
     last group's width (`ragged_last_group`) and counts its statistics like a whole group's."""
 
-    def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1,
+    def __init__(self, wbits: Bits = 4, sym: bool = False, group_size: GroupSize | None = -1,
                  granularity: str | None = None, clip: str = "minmax", nominal_base: int | None = None):
         self.spec = QuantSpec.from_knobs(wbits, sym, group_size, granularity, clip)
         self._open_ledger(nominal_base)

@@ -14,6 +14,7 @@ from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.squeezellm import weighted_kmeans_rows
+from methods.core.settings import Bits, Count
 
 FP32_BITS = 32
 
@@ -34,7 +35,7 @@ def gaussian_outliers(W: torch.Tensor, sigma: float) -> torch.Tensor:
 class KMeansQuant(QuantMethod):
     rows = {"table4": TableRow("K-means Quant. (post-training)", "175", uniform="NUQ")}
 
-    def __init__(self, wbits: int = 3, iters: int = 50, nominal_base: int | None = None):
+    def __init__(self, wbits: Bits = 3, iters: Count = 50, nominal_base: int | None = None):
         super().__init__(wbits, False, -1, "tensor", "minmax", nominal_base)
         self.iters = iters
 
@@ -51,7 +52,7 @@ class KMeansQuant(QuantMethod):
 class GOBO(QuantMethod):
     rows = {"table4": TableRow("GOBO", "168", uniform="NUQ")}
 
-    def __init__(self, wbits: int = 3, outlier_sigma: float = 4.0, iters: int = 50):
+    def __init__(self, wbits: Bits = 3, outlier_sigma: float = 4.0, iters: Count = 50):
         super().__init__(wbits, False, -1, "tensor", "minmax")
         self.sigma, self.iters = outlier_sigma, iters
         self.outliers = 0

@@ -33,6 +33,7 @@ from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import QuantizedTensor, QuantSpec, dequantize, find_params, quantize
 from methods.core.hessian import dampened_inverse_cholesky, drop_dead_inputs
 from methods.core.stats import HESSIAN, LinearStats
+from methods.core.settings import Bits, Count, Damp, GroupSize
 
 # (w column, q column, Hinv diagonal entry) -> bool mask of outliers kept unquantized
 OutlierRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -137,9 +138,9 @@ class GPTQ(QuantMethod):
     stats = frozenset({HESSIAN})
     rows = {"table5": TableRow("OPTQ", "42", uniform="UQ"), "table4": TableRow("GPTQ", "42", uniform="UQ")}
 
-    def __init__(self, wbits: int = 4, sym: bool = False, group_size: int | None = -1, act_order: bool = False,
-                 static_groups: bool = False, true_sequential: bool = True, blocksize: int = 128,
-                 percdamp: float = 0.01, clip: str = "minmax", granularity: str | None = None,
+    def __init__(self, wbits: Bits = 4, sym: bool = False, group_size: GroupSize | None = -1, act_order: bool = False,
+                 static_groups: bool = False, true_sequential: bool = True, blocksize: Count = 128,
+                 percdamp: Damp = 0.01, clip: str = "minmax", granularity: str | None = None,
                  nominal_base: int | None = None):
         super().__init__(wbits, sym, group_size, granularity, clip, nominal_base)
         self.act_order, self.static_groups = act_order, static_groups

@@ -27,6 +27,7 @@ from methods.core.base import TableRow, register
 from methods.quantization.mrem import MREM
 from methods.quantization.quantizer import FP16_BITS
 from methods.quantization.trained.fake_quant import FakeQuantLinear, WeightQuantizer
+from methods.core.settings import Bits, Count, LearningRate
 
 
 def _levels(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +92,12 @@ class BCQWeight(WeightQuantizer):
 class MrBiQ(MREM):
     """`wbits`: bit-planes per weight; `rounds`: least-squares re-solves of α during each block's
     fit; `steps`, `lr`, `abits` as MREM's."""
+    smoke = ({"steps": 20, "lr": 0.001, "rounds": 2},)
 
     rows = {"table4": TableRow("Mr.BiQ", "62", uniform="NUQ", columns={"preset": "mrbiq"})}
     stat_bits = FP16_BITS
 
-    def __init__(self, wbits: int = 2, abits: int = 8, steps: int = 200, lr: float = 1e-4, rounds: int = 4,
+    def __init__(self, wbits: Bits = 2, abits: Bits = 8, steps: int = 200, lr: LearningRate = 1e-4, rounds: Count = 4,
                  preset: str = "mrbiq", nominal_base: int | None = None):
         if not 1 <= wbits <= 4:
             raise ValueError(f"Mr.BiQ binary coding takes 1..4 bit-planes, got wbits={wbits}")

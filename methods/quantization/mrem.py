@@ -26,19 +26,21 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.codebooks import FP32_BITS
 from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight, WeightQuantizer
+from methods.core.settings import Bits, LearningRate
 
 
 @register("mrem")
 class MREM(QuantMethod):
     """`wbits`, `abits`; `steps`, `lr`: the reconstruction fit of each block (Adam over the
     calibration batches, cycling)."""
+    smoke = ({"steps": 20, "lr": 0.001},)
 
     rows = {"table4": TableRow("MREM", "6", uniform="UQ", columns={"preset": "mrem"})}
     stat_bits = FP32_BITS          # each learned step size is stored in full precision
     propagate_compressed = False   # the next block sees full-precision inputs: teacher forcing
     plans = True                   # needs calibration batches though it gathers no statistics
 
-    def __init__(self, wbits: int = 2, abits: int = 8, steps: int = 200, lr: float = 1e-4, preset: str = "mrem",
+    def __init__(self, wbits: Bits = 2, abits: Bits = 8, steps: int = 200, lr: LearningRate = 1e-4, preset: str = "mrem",
                  nominal_base: int | None = 32):
         super().__init__(wbits, True, -1, "channel", "minmax", nominal_base)
         if steps < 1:

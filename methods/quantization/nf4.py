@@ -14,6 +14,7 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
+from methods.core.settings import Count
 
 NF4_LEVELS = torch.tensor([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -52,7 +53,7 @@ def nf4_quantize(W: torch.Tensor, blocksize: int = 64, double_quant: bool = True
 class NF4(QuantMethod):
     rows = {"table5": TableRow("NF4", "34", uniform="NUQ")}
 
-    def __init__(self, blocksize: int = 64, double_quant: bool = True, dq_blocksize: int = 256):
+    def __init__(self, blocksize: Count = 64, double_quant: bool = True, dq_blocksize: Count = 256):
         super().__init__(4, True, blocksize, None, "minmax")
         self.blocksize, self.double_quant, self.dq_blocksize = blocksize, double_quant, dq_blocksize
 

@@ -59,6 +59,7 @@ from methods.core.calibration import InputBatches, model_inputs, rebatch
 from methods.core.hooks import attach, attach_attention_probs
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import quantize_weight
+from methods.core.settings import Bits, Count, LearningRate
 
 SCOPES = ("reference", "linears")
 CLIP_SPAN = {4: 0.9, 6: 0.3, 8: 0.1}          # the reference's `a_bit_iters`
@@ -191,9 +192,9 @@ class OutlierSuppression(QuantLedger, ModelMethod):
     accepts = (InputBatches,)
     rows = {"table4": TableRow("Outlier Suppression", "147", uniform="UQ")}
 
-    def __init__(self, wbits: int = 6, abits: int = 6, gamma_migration: bool = True, scope: str = "reference",
-                 clip_step: float | None = None, clip_span: float | None = None, batch_size: int | None = 32,
-                 learn_epochs: int = 3, learn_lr: float = 1e-5, learn_batch_size: int | None = None,
+    def __init__(self, wbits: Bits = 6, abits: Bits = 6, gamma_migration: bool = True, scope: str = "reference",
+                 clip_step: float | None = None, clip_span: float | None = None, batch_size: Count | None = 32,
+                 learn_epochs: int = 3, learn_lr: LearningRate = 1e-5, learn_batch_size: Count | None = None,
                  nominal_base: int | None = None):
         super().__init__(wbits, True, -1, "channel", "minmax", nominal_base)
         if not 2 <= abits <= 16:

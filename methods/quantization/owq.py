@@ -18,6 +18,7 @@ from methods.quantization.gptq import gptq_quantize
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import FP16_BITS, find_params, quantize_weight
 from methods.core.stats import HESSIAN, LinearStats
+from methods.core.settings import Bits, Count, Damp, GroupSize
 
 
 def weak_columns(W: torch.Tensor, H: torch.Tensor, spec, k: int) -> torch.Tensor:
@@ -36,9 +37,9 @@ class OWQ(QuantMethod):
     stats = frozenset({HESSIAN})
     rows = {"table5": TableRow("OWQ", "86", uniform="UQ")}
 
-    def __init__(self, wbits: int = 4, extra_bits: float = 0.01, group_size: int | None = -1, sym: bool = False,
-                 true_sequential: bool = True, act_order: bool = False, blocksize: int = 128,
-                 percdamp: float = 0.01):
+    def __init__(self, wbits: Bits = 4, extra_bits: float = 0.01, group_size: GroupSize | None = -1, sym: bool = False,
+                 true_sequential: bool = True, act_order: bool = False, blocksize: Count = 128,
+                 percdamp: Damp = 0.01):
         super().__init__(wbits, sym, group_size, None, "minmax")
         if extra_bits < 0:
             raise ValueError(f"extra_bits must be >= 0, got {extra_bits}")

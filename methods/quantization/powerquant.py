@@ -10,6 +10,7 @@ from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import FP16_BITS, QuantSpec, quantize_weight
+from methods.core.settings import Bits
 
 
 def power_quantize(W: torch.Tensor, bits: int, a: float) -> torch.Tensor:
@@ -24,7 +25,7 @@ def power_quantize(W: torch.Tensor, bits: int, a: float) -> torch.Tensor:
 class PowerQuant(QuantMethod):
     rows = {"table4": TableRow("PowerQuant", "167", uniform="NUQ")}
 
-    def __init__(self, wbits: int = 4, grid: list[float] | None = None, nominal_base: int | None = None):
+    def __init__(self, wbits: Bits = 4, grid: list[float] | None = None, nominal_base: int | None = None):
         grid = grid or [round(0.05 * i, 2) for i in range(4, 21)]  # a in 0.20 … 1.00 (1.0 = uniform)
         super().__init__(wbits, True, -1, "channel", "minmax", nominal_base)
         self.grid = grid

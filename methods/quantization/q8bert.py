@@ -13,6 +13,7 @@ from methods.quantization.act_quant import attach_act_quant
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import QuantizedTensor
 from methods.quantization.codebooks import FP32_BITS
+from methods.core.settings import Bits
 
 
 @register("q8bert")
@@ -20,7 +21,7 @@ class Q8BERT(QuantMethod):
     stats = frozenset({ACT_ABSMAX})
     rows = {"table4": TableRow("Q8BERT (post-training)", "169", uniform="UQ")}
 
-    def __init__(self, wbits: int = 8, abits: int = 8, nominal_base: int | None = None):
+    def __init__(self, wbits: Bits = 8, abits: Bits = 8, nominal_base: int | None = None):
         super().__init__(wbits, True, -1, "tensor", "minmax", nominal_base)
         self.abits = abits
 

@@ -32,6 +32,7 @@ from methods.core.hooks import attach
 from methods.core.stats import ACT_RANGE, HESSIAN, LinearStats
 from methods.quantization.base import QuantMethod
 from methods.quantization.gptq import gptq_quantize
+from methods.core.settings import Bits, Count, Damp, GroupSize, Seed
 
 
 def _sq_dist(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -121,9 +122,9 @@ class RPTQ(QuantMethod):
     stats = frozenset({HESSIAN, ACT_RANGE})
     rows = {"table5": TableRow("RPTQ", "165", uniform="UQ", columns={"preset": "rptq"})}
 
-    def __init__(self, wbits: int = 3, abits: int = 8, clusters: tuple[int, int, int, int] = (4, 4, 32, 4),
-                 group_size: int | None = -1, true_sequential: bool = True, blocksize: int = 128,
-                 percdamp: float = 0.01, seed: int = 0, preset: str = "rptq",
+    def __init__(self, wbits: Bits = 3, abits: Bits = 8, clusters: tuple[int, int, int, int] = (4, 4, 32, 4),
+                 group_size: GroupSize | None = -1, true_sequential: bool = True, blocksize: Count = 128,
+                 percdamp: Damp = 0.01, seed: Seed = 0, preset: str = "rptq",
                  nominal_base: int | None = 16):
         super().__init__(wbits, False, group_size, None, "minmax", nominal_base)
         if not 2 <= abits <= 16:

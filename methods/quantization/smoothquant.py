@@ -18,6 +18,7 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import quantize_weight
 from methods.core.stats import ACT_ABSMAX
+from methods.core.settings import Bits
 
 
 def smoothing_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -30,7 +31,7 @@ class SmoothQuant(QuantMethod):
     stats = frozenset({ACT_ABSMAX})
     rows = {"table5": TableRow("SmoothQuant", "157", uniform="UQ")}
 
-    def __init__(self, alpha: float = 0.5, wbits: int = 8, abits: int = 8, act_mode: str = "per_token",
+    def __init__(self, alpha: float = 0.5, wbits: Bits = 8, abits: Bits = 8, act_mode: str = "per_token",
                  smooth: bool = True, nominal_base: int | None = None):
         super().__init__(wbits, sym=True, group_size=-1, nominal_base=nominal_base)
         if not 0 <= alpha <= 1:

@@ -19,6 +19,7 @@ from methods.quantization.gptq import gptq_quantize
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import FP16_BITS, QuantSpec, fake_quantize, find_params
 from methods.core.stats import HESSIAN, LinearStats
+from methods.core.settings import Bits, Count, Damp, GroupSize
 
 
 def quantize_stat(v: torch.Tensor, bits: int, group: int) -> torch.Tensor:
@@ -36,9 +37,9 @@ class SpQR(QuantMethod):
     stats = frozenset({HESSIAN})
     rows = {"table5": TableRow("SpQR", "35", uniform="UQ")}
 
-    def __init__(self, wbits: int = 3, group_size: int = 16, stat_bits: int = 3, stat_group: int = 16,
+    def __init__(self, wbits: Bits = 3, group_size: GroupSize = 16, stat_bits: Bits = 3, stat_group: GroupSize = 16,
                  outlier_threshold: float = 0.2, act_order: bool = True, true_sequential: bool = True,
-                 blocksize: int = 128, percdamp: float = 0.01):
+                 blocksize: Count = 128, percdamp: Damp = 0.01):
         super().__init__(wbits, False, group_size, None, "minmax")
         self.stat_bits, self.stat_group, self.tau = stat_bits, stat_group, outlier_threshold
         self.act_order, self.true_sequential = act_order, true_sequential

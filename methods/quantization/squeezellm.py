@@ -18,6 +18,7 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import FP16_BITS
 from methods.core.stats import ACT_SQ, LinearStats
+from methods.core.settings import Bits, Count, Fraction
 
 
 def _nearest(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ class SqueezeLLM(QuantMethod):
     stats = frozenset({ACT_SQ})
     rows = {"table5": TableRow("SqueezeLLM", "71", uniform="NUQ")}
 
-    def __init__(self, wbits: int = 4, outlier_ratio: float = 0.0045, kmeans_iters: int = 30):
+    def __init__(self, wbits: Bits = 4, outlier_ratio: Fraction = 0.0045, kmeans_iters: Count = 30):
         super().__init__(wbits, False, -1, None, "minmax")
         if not 0 <= outlier_ratio < 1:
             raise ValueError(f"outlier_ratio must lie in [0, 1), got {outlier_ratio}")

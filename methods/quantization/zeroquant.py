@@ -9,13 +9,14 @@ from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import quantize_weight
+from methods.core.settings import Bits, GroupSize
 
 
 @register("zeroquant")
 class ZeroQuant(QuantMethod):
     rows = {"table5": TableRow("ZeroQuant", "160", uniform="UQ")}
 
-    def __init__(self, wbits: int = 8, abits: int = 8, group_size: int = 64, sym: bool = True,
+    def __init__(self, wbits: Bits = 8, abits: Bits = 8, group_size: GroupSize = 64, sym: bool = True,
                  nominal_base: int | None = None):
         super().__init__(wbits, sym, group_size, None, "minmax", nominal_base)
         if not 2 <= abits <= 16:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from methods.core.base import TableRow, TrainedMethod
+from methods.core.settings import Positive
 
 
 class RowMethod(TrainedMethod):
     """`distill`: weight of the logit-distillation term (0: labels only, no teacher loaded);
     `deviations`: where this run departs from the paper (recorded with the result)."""
 
-    def __init__(self, preset: str, label: str, ref: str, distill: float, temperature: float,
+    def __init__(self, preset: str, label: str, ref: str, distill: float, temperature: Positive,
                  deviations: Sequence[str], tables: Sequence[str]):
         if distill < 0:
             raise ValueError(f"distill (the KD weight) must be >= 0, got {distill}")

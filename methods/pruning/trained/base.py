@@ -12,6 +12,7 @@ from torch import nn
 from methods.core.base import TableRow, TrainingInputs
 from methods.training.objectives import prediction_loss
 from methods.training.row_method import RowMethod
+from methods.core.settings import Positive
 
 Extra = Callable[[Any, Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (s_out, t_out, batch)
 
@@ -21,7 +22,7 @@ class TrainedPruning(RowMethod):
 
     granularity: str = "W"
 
-    def __init__(self, preset: str, label: str, ref: str, distill: float = 1.0, temperature: float = 2.0,
+    def __init__(self, preset: str, label: str, ref: str, distill: float = 1.0, temperature: Positive = 2.0,
                  deviations: Sequence[str] = (), tables: Sequence[str] = ("table2",)):
         super().__init__(preset, label, ref, distill, temperature, deviations, tables)
 

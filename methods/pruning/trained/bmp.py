@@ -14,11 +14,13 @@ from typing import Any
 
 from methods.core.base import register
 from methods.pruning.trained.structured import StructuredGradual
+from methods.core.settings import Fraction
 
 
 @register("bmp")
 class BlockMovement(StructuredGradual):
-    def __init__(self, rate: float = 0.752, preset: str = "bmp", label: str = "BMP", ref: str = "82", **kw: Any):
+    smoke = ({"rate": 0.5, "interval": 2},)
+    def __init__(self, rate: Fraction = 0.752, preset: str = "bmp", label: str = "BMP", ref: str = "82", **kw: Any):
         kw.setdefault("deviations", ["top-k schedule to the target rate instead of sigmoid threshold + L1 penalty",
                                      "attention pruned as whole heads (hybrid filled)"])
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)

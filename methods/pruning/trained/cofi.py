@@ -33,11 +33,12 @@ from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.cap import HiddenStates
 from methods.pruning.trained.gates import StructureGates, gated_families
 from methods.pruning.trained.structured import block_params
+from methods.core.settings import Count, Fraction, Positive, UnitInterval
 
 
 class GatedModel(nn.Module):
     def __init__(self, model: nn.Module, gates: StructureGates, hidden_states: bool, width: int,
-                 lam_lr_scale: float):
+                 lam_lr_scale: Positive):
         super().__init__()
         self.model, self.gates, self.hidden_states = model, gates, hidden_states
         self.lam = nn.Parameter(torch.zeros(2))
@@ -74,12 +75,13 @@ def layer_distill(proj: nn.Linear, student: tuple[torch.Tensor, ...],
 
 @register("cofi")
 class CoFi(TrainedPruning):
+    smoke = ({"rate": 0.5},)
     physical = True
     roles = ("encoder", "decoder")
 
-    def __init__(self, rate: float = 0.75, hidden: bool = True, layers: bool = True, layer_distill: float = 1.0,
-                 warmup_frac: float = 0.5, gate_lr_scale: float = 1000.0, lambda_lr_scale: float = 1000.0,
-                 count_embeddings: bool = False, rate_basis: str = "flops", seq_len: int = 128,
+    def __init__(self, rate: Fraction = 0.75, hidden: bool = True, layers: bool = True, layer_distill: float = 1.0,
+                 warmup_frac: UnitInterval = 0.5, gate_lr_scale: Positive = 1000.0, lambda_lr_scale: Positive = 1000.0,
+                 count_embeddings: bool = False, rate_basis: str = "flops", seq_len: Count = 128,
                  reach_target: bool = True,
                  preset: str = "cofi", label: str = "CoFi", ref: str = "155", tables: tuple[str, ...] = ("table2",),
                  **kw: Any):
@@ -170,7 +172,7 @@ class CoFi(TrainedPruning):
 class SIMPLE(CoFi):
     """SIMPLE's defaults: a decoder, no layer gates, the rate counted with the token embeddings."""
 
-    def __init__(self, rate: float = 0.485, layers: bool = False, count_embeddings: bool = True,
+    def __init__(self, rate: Fraction = 0.485, layers: bool = False, count_embeddings: bool = True,
                  rate_basis: str = "memory", preset: str = "simple", label: str = "SIMPLE", ref: str = "134",
                  tables: tuple[str, ...] = ("table3",), **kw: Any):
         super().__init__(rate=rate, layers=layers, count_embeddings=count_embeddings, rate_basis=rate_basis,

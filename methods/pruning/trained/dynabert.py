@@ -27,6 +27,7 @@ from methods.core.calibration import to_device
 from methods.training.objectives import kd_loss
 from methods.pruning.trained.cap import HiddenStates
 from methods.pruning.trained.structured import unit_counts
+from methods.core.settings import Count, Fraction
 
 
 def width_masks(order_h: torch.Tensor, order_n: torch.Tensor, width: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +57,12 @@ class WidthAdaptive(nn.Module):
 
 @register("dynabert")
 class DynaBERT(TrainedPruning):
+    smoke = ({"rate": 0.5, "widths": [1.0, 0.5]},)
     physical = True
     granularity = "N,H"
 
-    def __init__(self, rate: float = 0.75, widths: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25),
-                 importance_batches: int = 8, hidden: float = 1.0, seq_len: int = 128, preset: str = "dynabert",
+    def __init__(self, rate: Fraction = 0.75, widths: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25),
+                 importance_batches: Count = 8, hidden: float = 1.0, seq_len: Count = 128, preset: str = "dynabert",
                  label: str = "DynaBERT", ref: str = "56", **kw: Any):
         kw.setdefault("deviations", ["width-adaptive only (no depth multipliers)"])
         super().__init__(preset=preset, label=label, ref=ref, **kw)

@@ -25,12 +25,13 @@ from methods.pruning.encoder_units import encoder_flops, head_dim, require_encod
 from methods.pruning.structure import struct_spec
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.structured import unit_counts
+from methods.core.settings import Count, Fraction, Positive
 
 
 class Predictors(nn.Module):
     """Per layer: a linear map from the layer's [CLS] input to its head and neuron gate logits."""
 
-    def __init__(self, layers: int, width: int, heads: int, neurons: int, bias: float, lr_scale: float):
+    def __init__(self, layers: int, width: int, heads: int, neurons: int, bias: float, lr_scale: Positive):
         super().__init__()
         self.heads, self.neurons = heads, neurons
         self.maps = nn.ModuleList(nn.Linear(width, heads + neurons) for _ in range(layers))
@@ -82,10 +83,11 @@ class Dynamic(nn.Module):
 
 @register("ebert")
 class EBERT(TrainedPruning):
+    smoke = ({"rate": 0.5},)
     granularity = "N,H"
 
-    def __init__(self, rate: float = 0.5, flops_weight: float = 10.0, bias: float = 3.0, lr_scale: float = 100.0,
-                 seq_len: int = 128, preset: str = "ebert", label: str = "EBERT", ref: str = "100", **kw: Any):
+    def __init__(self, rate: Fraction = 0.5, flops_weight: float = 10.0, bias: float = 3.0, lr_scale: Positive = 100.0,
+                 seq_len: Count = 128, preset: str = "ebert", label: str = "EBERT", ref: str = "100", **kw: Any):
         super().__init__(preset=preset, label=label, ref=ref, **kw)
         if not 0 < rate < 1:
             raise ValueError(f"rate (the fraction of encoder FLOPs removed) must lie in (0, 1), got {rate}")

@@ -25,6 +25,7 @@ from methods.core.hooks import forward_hooks
 from methods.core.hard_concrete import HardConcrete
 from methods.pruning.encoder_units import head_dim, prune_with_masks
 from methods.pruning.structure import _sliced, struct_spec, unfuse_gpt2, units
+from methods.core.settings import Positive
 
 # modules outside the blocks that read the residual stream (their input columns are hidden dims)
 STREAM_READERS = ("qa_outputs", "bert.pooler.dense", "lm_head", "cls.predictions.transform.dense")
@@ -77,7 +78,7 @@ def gated_families() -> list[str]:
 
 
 class StructureGates(nn.Module):
-    def __init__(self, model: nn.Module, family, hidden: bool = True, layers: bool = True, lr_scale: float = 1000.0):
+    def __init__(self, model: nn.Module, family, hidden: bool = True, layers: bool = True, lr_scale: Positive = 1000.0):
         super().__init__()
         if family.embedding_norm is None:
             raise ValueError(f"structure gates know {', '.join(gated_families())} blocks, not '{family.name}'")

@@ -18,6 +18,7 @@ from methods.core.model_facts import ModelSize
 from methods.pruning.trained.base import Extra, TrainedPruning, Wrapped
 from methods.pruning.trained.schedule import CubicSchedule
 from methods.pruning.trained.weight_masks import MaskedLinear, unwrap_linears, wrap_linears
+from methods.core.settings import Fraction, UnitInterval
 
 
 class GradualUnstructured(TrainedPruning):
@@ -28,7 +29,7 @@ class GradualUnstructured(TrainedPruning):
     mode = "fixed"
     hidden_states = False
 
-    def __init__(self, rate: float = 0.9, start_frac: float = 0.1, end_frac: float = 0.7, interval: int = 10,
+    def __init__(self, rate: Fraction = 0.9, start_frac: UnitInterval = 0.1, end_frac: UnitInterval = 0.7, interval: int = 10,
                  initial: float = 0.0, **kw: Any):
         super().__init__(**kw)
         if not 0 < rate < 1:

@@ -21,14 +21,16 @@ from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.base import Extra
 from methods.pruning.trained.gradual import GradualUnstructured
 from methods.pruning.trained.weight_masks import MaskedLinear, global_keep
+from methods.core.settings import Fraction, Positive
 
 
 @register("leap")
 class LEAP(GradualUnstructured):
+    smoke = ({"rate": 0.8, "interval": 2},)
     mode = "threshold"
 
-    def __init__(self, rate: float = 0.9, reg: float = 50.0, temperature_start: float = 0.5,
-                 temperature_end: float = 0.02, score_lr_scale: float = 100.0, preset: str = "leap",
+    def __init__(self, rate: Fraction = 0.9, reg: float = 50.0, temperature_start: Positive = 0.5,
+                 temperature_end: Positive = 0.02, score_lr_scale: Positive = 100.0, preset: str = "leap",
                  label: str = "LEAP", ref: str = "162", **kw: Any):
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)
         self.reg, self.t0, self.t1, self.score_lr_scale = reg, temperature_start, temperature_end, score_lr_scale

@@ -21,10 +21,11 @@ from torch import nn
 from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.token_drop import TokenPolicy, install
 from methods.pruning.trained.token_methods import TokenPruning
+from methods.core.settings import Fraction, Positive
 
 
 class Thresholds(TokenPolicy):
-    def __init__(self, layers: int, heads: int, temperature: float, lr_scale: float):
+    def __init__(self, layers: int, heads: int, temperature: Positive, lr_scale: Positive):
         super().__init__()
         self.theta = nn.Parameter(torch.zeros(layers))
         self.theta.lr_scale, self.theta.no_decay = lr_scale, True
@@ -48,8 +49,9 @@ class Thresholds(TokenPolicy):
 
 @register("ltp")
 class LTP(TokenPruning):
-    def __init__(self, rate: float = 0.505, reg: float = 10.0, mask_temperature: float = 0.1,
-                 threshold_lr_scale: float = 1000.0, preset: str = "ltp", label: str = "LTP", ref: str = "73",
+    smoke = ({"rate": 0.5},)
+    def __init__(self, rate: Fraction = 0.505, reg: float = 10.0, mask_temperature: float = 0.1,
+                 threshold_lr_scale: Positive = 1000.0, preset: str = "ltp", label: str = "LTP", ref: str = "73",
                  **kw: Any):
         kw.setdefault("deviations", ["FLOPs-target penalty instead of the L1 penalty on the soft masks",
                                      "thresholds offset by one constant to the rate before the hard stage"])

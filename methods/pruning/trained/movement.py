@@ -17,11 +17,13 @@ from torch import nn
 from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.gradual import GradualUnstructured
 from methods.pruning.trained.weight_masks import MaskedLinear, topk_keep
+from methods.core.settings import Fraction, Positive
 
 
 @register("movement")
 class MovementPruning(GradualUnstructured):
-    def __init__(self, rate: float = 0.9, hard_movement: bool = False, score_lr_scale: float = 100.0,
+    smoke = ({"rate": 0.8, "interval": 2}, {"rate": 0.8, "hard_movement": True, "interval": 2},)
+    def __init__(self, rate: Fraction = 0.9, hard_movement: bool = False, score_lr_scale: Positive = 100.0,
                  preset: str = "mvp", label: str = "MvP", ref: str = "122", **kw: Any):
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)
         self.hard_movement, self.score_lr_scale = hard_movement, score_lr_scale

@@ -23,6 +23,7 @@ from methods.core.hessian import one_thread
 from methods.core.calibration import to_device
 from methods.pruning.trained.gradual import GradualUnstructured
 from methods.pruning.trained.weight_masks import MaskedLinear, global_keep
+from methods.core.settings import Count, Damp, Fraction
 
 
 def fisher_inverse(grads: torch.Tensor, damp: float) -> torch.Tensor:
@@ -79,8 +80,9 @@ def blocks_of(t: torch.Tensor, size: int) -> torch.Tensor:
 
 @register("obert")
 class OBERT(GradualUnstructured):
-    def __init__(self, rate: float = 0.9, score: str = "obs", fisher_batches: int = 16, block_size: int = 50,
-                 damp: float = 1e-2, chunk: int = 4096, preset: str = "obert", label: str = "oBERT", ref: str = "76",
+    smoke = ({"rate": 0.8, "fisher_batches": 2, "block_size": 16, "interval": 2}, {"rate": 0.8, "score": "magnitude", "interval": 2},)
+    def __init__(self, rate: Fraction = 0.9, score: str = "obs", fisher_batches: Count = 16, block_size: Count = 50,
+                 damp: Damp = 1e-2, chunk: int = 4096, preset: str = "obert", label: str = "oBERT", ref: str = "76",
                  **kw: Any):
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)
         if score not in ("obs", "magnitude"):

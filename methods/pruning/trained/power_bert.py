@@ -21,10 +21,11 @@ from torch import nn
 from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.token_drop import TokenPolicy, install
 from methods.pruning.trained.token_methods import TokenPruning
+from methods.core.settings import Fraction, Positive
 
 
 class Retention(TokenPolicy):
-    def __init__(self, layers: int, length: int, lr_scale: float = 100.0):
+    def __init__(self, layers: int, length: int, lr_scale: Positive = 100.0):
         super().__init__()
         self.r = nn.Parameter(torch.ones(layers, length))
         self.r.no_decay, self.r.lr_scale = True, lr_scale
@@ -47,7 +48,8 @@ class Retention(TokenPolicy):
 
 @register("power_bert")
 class PoWERBERT(TokenPruning):
-    def __init__(self, rate: float = 0.6, reg: float = 1e-3, retention_lr_scale: float = 100.0,
+    smoke = ({"rate": 0.5},)
+    def __init__(self, rate: Fraction = 0.6, reg: float = 1e-3, retention_lr_scale: Positive = 100.0,
                  preset: str = "power_bert", label: str = "PoWER-BERT", ref: str = "47", **kw: Any):
         kw.setdefault("deviations", ["retention scaled to meet the FLOPs rate target after the search"])
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)

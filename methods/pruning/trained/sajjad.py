@@ -18,14 +18,16 @@ from methods.core.model_facts import ModelSize
 from methods.core.surgery import delete_blocks
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.structured import block_params
+from methods.core.settings import Fraction
 
 
 @register("top_drop_ft")
 class TopDropFinetune(TrainedPruning):
+    smoke = ({"rate": 0.5},)
     physical = True
     granularity = "L"
 
-    def __init__(self, rate: float = 0.5, preset: str = "sajjad_ft", label: str = "Sajjad et al.", ref: str = "120",
+    def __init__(self, rate: Fraction = 0.5, preset: str = "sajjad_ft", label: str = "Sajjad et al.", ref: str = "120",
                  distill: float = 0.0, **kw: Any):
         super().__init__(preset=preset, label=label, ref=ref, distill=distill, **kw)
         if not 0 < rate < 1:

@@ -26,6 +26,7 @@ from methods.pruning.structure import struct_spec
 from methods.pruning.trained.base import Extra
 from methods.pruning.trained.structured import MaskedEncoder, StructuredGradual, UnitMasks
 from methods.pruning.trained.weight_masks import topk_keep
+from methods.core.settings import Count, Fraction
 
 
 def spectral_norm(w: torch.Tensor, u: torch.Tensor, iters: int = 1) -> torch.Tensor:
@@ -40,10 +41,11 @@ def spectral_norm(w: torch.Tensor, u: torch.Tensor, iters: int = 1) -> torch.Ten
 
 @register("snip")
 class SNIP(StructuredGradual):
+    smoke = ({"rate": 0.5, "interval": 2},)
     learned = False
     granularity = "N,H,S"
 
-    def __init__(self, rate: float = 0.75, spectral: float = 0.01, score_batches: int = 4, preset: str = "snip",
+    def __init__(self, rate: Fraction = 0.75, spectral: float = 0.01, score_batches: Count = 4, preset: str = "snip",
                  label: str = "SNIP", ref: str = "97", **kw: Any):
         kw.setdefault("deviations", ["spectral-norm penalty instead of spectral normalisation of the weights"])
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)

@@ -23,6 +23,7 @@ from methods.pruning.structure import struct_spec, units
 from methods.pruning.trained.base import Extra, TrainedPruning
 from methods.pruning.trained.schedule import CubicSchedule
 from methods.pruning.trained.weight_masks import TopKMask, topk_keep
+from methods.core.settings import Count, Fraction, Positive, UnitInterval
 
 
 def block_params(model: nn.Module, family) -> int:
@@ -42,7 +43,7 @@ def unit_counts(model: nn.Module, family) -> tuple[int, int, int]:
 class UnitMasks(nn.Module):
     """Learned unit scores (topk) or fixed masks of every head unit and neuron."""
 
-    def __init__(self, layers: int, heads: int, neurons: int, learned: bool, lr_scale: float):
+    def __init__(self, layers: int, heads: int, neurons: int, learned: bool, lr_scale: Positive):
         super().__init__()
         self.learned = learned
         self.register_buffer("head_mask", torch.ones(layers, heads))
@@ -95,8 +96,8 @@ class StructuredGradual(TrainedPruning):
     learned = True           # topk over learned unit scores; False: `prune` sets fixed masks
     hidden_states = False
 
-    def __init__(self, rate: float = 0.75, start_frac: float = 0.1, end_frac: float = 0.7, interval: int = 10,
-                 initial: float = 0.0, score_lr_scale: float = 100.0, seq_len: int = 128, **kw: Any):
+    def __init__(self, rate: Fraction = 0.75, start_frac: UnitInterval = 0.1, end_frac: UnitInterval = 0.7, interval: int = 10,
+                 initial: float = 0.0, score_lr_scale: Positive = 100.0, seq_len: Count = 128, **kw: Any):
         super().__init__(**kw)
         if not 0 < rate < 1:
             raise ValueError(f"rate (the fraction of the encoder's weights removed) must lie in (0, 1), got {rate}")

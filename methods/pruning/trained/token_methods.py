@@ -14,6 +14,7 @@ from methods.core.model_facts import ModelSize
 from methods.pruning.encoder_units import require_encoder
 from methods.pruning.trained.base import TrainedPruning, Wrapped
 from methods.pruning.trained.token_drop import TokenDroppingEncoder, token_flops
+from methods.core.settings import Fraction, UnitInterval
 
 
 class TokenPruning(TrainedPruning):
@@ -21,7 +22,7 @@ class TokenPruning(TrainedPruning):
     dynamic_speedup = True
     granularity = "T"
 
-    def __init__(self, rate: float, soft_frac: float = 0.5, **kw: Any):
+    def __init__(self, rate: Fraction, soft_frac: UnitInterval = 0.5, **kw: Any):
         super().__init__(**kw)
         if not 0 < rate < 1:
             raise ValueError(f"rate (the fraction of encoder FLOPs removed) must lie in (0, 1), got {rate}")

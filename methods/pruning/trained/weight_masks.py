@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.core.wrapped_linears import LinearWrapper, unwrap_block_linears, wrap_block_linears
+from methods.core.settings import Positive
 
 
 class TopKMask(torch.autograd.Function):
@@ -66,7 +67,7 @@ def global_keep(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, t
 
 class MaskedLinear(LinearWrapper):
     def __init__(self, linear: nn.Linear, mode: str = "fixed", score_init: float | None = None,
-                 score_lr_scale: float = 1.0, track_movement: bool = False, temperature: float = 1.0):
+                 score_lr_scale: Positive = 1.0, track_movement: bool = False, temperature: Positive = 1.0):
         super().__init__(linear)
         if mode not in ("fixed", "topk", "threshold"):
             raise ValueError(f"mask mode '{mode}' is not fixed, topk or threshold")

@@ -33,6 +33,7 @@ from methods.pruning.encoder_units import encoder_flops, head_dim
 from methods.pruning.structure import remove_units, struct_spec, unfuse_gpt2, units
 from methods.pruning.trained.base import TrainedPruning
 from methods.pruning.trained.structured import block_params
+from methods.core.settings import Count, Damp, Speedup
 
 
 def _inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
@@ -188,12 +189,13 @@ def search(errors: list[list[float]], latency: list[list[float]], budget: float,
 
 @register("ziplm")
 class ZipLM(TrainedPruning):
+    smoke = ({"speedup": 2.0},)
     physical = True
     roles = ("encoder", "decoder")
     granularity = "N,H,S"
 
-    def __init__(self, speedup: float = 7.0, stages: int = 2, calib_batches: int = 8, damp: float = 0.01,
-                 seq_len: int = 128, preset: str = "ziplm", label: str = "ZipLM", ref: str = "77",
+    def __init__(self, speedup: Speedup = 7.0, stages: int = 2, calib_batches: Count = 8, damp: Damp = 0.01,
+                 seq_len: Count = 128, preset: str = "ziplm", label: str = "ZipLM", ref: str = "77",
                  tables: tuple[str, ...] = ("table2",), **kw: Any):
         kw.setdefault("deviations", ["latency table measured on the run's own device at the timing batch shape"])
         super().__init__(preset=preset, label=label, ref=ref, tables=tables, **kw)

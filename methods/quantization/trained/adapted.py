@@ -19,6 +19,7 @@ from methods.core.base import CompressionResult, Kind, TrainedMethod, TrainingIn
 from methods.core.model_facts import ModelSize
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import FP16_BITS
+from methods.core.settings import Bits, Count, Fraction, Positive
 
 
 def lora_params(model: nn.Module) -> int:
@@ -36,7 +37,7 @@ class AdaptedQuantBase(TrainedMethod):
 
     roles = ("decoder",)
 
-    def __init__(self, wbits: float, r: int, alpha: float, dropout: float, distill: float, temperature: float,
+    def __init__(self, wbits: Bits, r: Count, alpha: float, dropout: Fraction, distill: float, temperature: Positive,
                  nominal_base: int, preset: str):
         if r < 1:
             raise ValueError(f"adaptor rank r must be >= 1, got {r}")

@@ -34,6 +34,7 @@ from methods.distillation.distill import distill_same_depth
 from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, FakeQuantLinear, TernaryWeight,
                                                      WeightQuantizer, wrap_linears)
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Fraction, Positive
 
 
 @torch.no_grad()
@@ -79,11 +80,12 @@ class SplitBinaryLinear(FakeQuantLinear):
 class BinaryBERT(QATMethod):
     """`ternary_fraction`: the share of the training steps spent on the ternary model before the
     split; the rest fine-tunes the split binary model."""
+    smoke = ({},)
 
     uses_teacher = True
 
-    def __init__(self, abits: int = 8, ternary_fraction: float = 0.5, hidden: float = 1.0, attention: float = 1.0,
-                 logits: float = 1.0, temperature: float = 1.0, preset: str = "binarybert", **kw: Any):
+    def __init__(self, abits: Bits = 8, ternary_fraction: Fraction = 0.5, hidden: float = 1.0, attention: float = 1.0,
+                 logits: float = 1.0, temperature: Positive = 1.0, preset: str = "binarybert", **kw: Any):
         if not 0 < ternary_fraction < 1:
             raise ValueError(f"ternary_fraction must lie in (0, 1): both stages train, got {ternary_fraction}")
         kw.setdefault("deviations", [

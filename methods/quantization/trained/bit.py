@@ -28,6 +28,7 @@ from methods.core.hooks import attach
 from methods.distillation.distill import distill_same_depth
 from methods.quantization.trained.fake_quant import BinaryWeight, FakeQuantLinear, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Positive
 
 
 def elastic(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, bits: int) -> torch.Tensor:
@@ -80,11 +81,12 @@ class ElasticAct(nn.Module):
 class BiT(QATMethod):
     """`steps_abits`: the activation bits of each distillation step, the last the final model's;
     each step gets an equal share of the training steps."""
+    smoke = ({},)
 
     uses_teacher = True
 
     def __init__(self, steps_abits: tuple[int, ...] = (2, 1), hidden: float = 1.0, logits: float = 1.0,
-                 temperature: float = 1.0, preset: str = "bit", **kw: Any):
+                 temperature: Positive = 1.0, preset: str = "bit", **kw: Any):
         steps_abits = tuple(int(b) for b in steps_abits)
         if not steps_abits or any(not 1 <= b <= 8 for b in steps_abits):
             raise ValueError(f"steps_abits: activation bits (1..8) of each distillation step, got {steps_abits}")

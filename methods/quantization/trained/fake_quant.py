@@ -23,6 +23,7 @@ from torch import nn
 
 from methods.core.wrapped_linears import LinearWrapper, unwrap_block_linears, wrap_block_linears
 from methods.quantization.act_quant import attach_act_quant
+from methods.core.settings import Fraction, GroupSize
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ class UniformWeight(WeightQuantizer):
     `learn_scale`: s is a parameter initialised from the first weights' range (LSQ); otherwise s
     follows the current weights' min-max (Q8BERT's max|w|/127)."""
 
-    def __init__(self, bits: int, sym: bool = True, per: str = "tensor", group_size: int = 128,
+    def __init__(self, bits: int, sym: bool = True, per: str = "tensor", group_size: GroupSize = 128,
                  learn_scale: bool = False, weight: torch.Tensor | None = None):
         super().__init__()
         if not 2 <= bits <= 8:
@@ -116,7 +117,7 @@ class TernaryWeight(WeightQuantizer):
 
     bits = 2
 
-    def __init__(self, per: str = "tensor", ratio: float = 0.7):
+    def __init__(self, per: str = "tensor", ratio: Fraction = 0.7):
         super().__init__()
         self.per, self.ratio = per, ratio
 

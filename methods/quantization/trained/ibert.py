@@ -25,6 +25,7 @@ from methods.core.base import register
 from methods.quantization.integer_ops import i_gelu, i_layernorm, i_softmax, to_int
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer, ste_round
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits
 
 ATTENTION = "ibert_integer"
 
@@ -99,8 +100,9 @@ def install_integer_kernels(model: nn.Module, bits: int = 16) -> dict[str, int]:
 @register("ibert")
 class IBERT(QATMethod):
     """`kernel_bits`: the precision of the integer inputs of the non-linear kernels."""
+    smoke = ({},)
 
-    def __init__(self, wbits: int = 8, abits: int = 8, kernel_bits: int = 16, embeddings: bool = True,
+    def __init__(self, wbits: Bits = 8, abits: Bits = 8, kernel_bits: Bits = 16, embeddings: bool = True,
                  distill: float = 0.0, preset: str = "ibert", **kw: Any):
         kw.setdefault("deviations", ["simulated integer arithmetic (float64-carried integers), no speedup",
                                      f"kernel inputs requantized to {kernel_bits} bits per tensor, not the INT32 "

@@ -16,16 +16,18 @@ from methods.core.base import TableRow, TrainingInputs, register
 from methods.core.calibration import TokenWindows
 from methods.quantization.gptq import GPTQ
 from methods.quantization.trained.adapted import AdaptedQuantBase
+from methods.core.settings import Bits, Count, Fraction, GroupSize, Positive
 
 
 @register("int21")
 class INT21(AdaptedQuantBase):
     """`wbits`, `group_size`: the OPTQ base; `nsamples`: calibration windows from the training data."""
+    smoke = ({"r": 4, "nsamples": 4},)
 
     rows = {"table5": TableRow("INT2.1", "14", uniform="UQ", cost="high", columns={"preset": "int21"})}
 
-    def __init__(self, wbits: int = 2, group_size: int = 64, nsamples: int = 128, r: int = 64, alpha: float = 16.0,
-                 dropout: float = 0.05, distill: float = 0.0, temperature: float = 1.0, nominal_base: int = 32,
+    def __init__(self, wbits: Bits = 2, group_size: GroupSize = 64, nsamples: Count = 128, r: Count = 64, alpha: float = 16.0,
+                 dropout: Fraction = 0.05, distill: float = 0.0, temperature: Positive = 1.0, nominal_base: int = 32,
                  preset: str = "int21"):
         super().__init__(wbits, r, alpha, dropout, distill, temperature, nominal_base, preset)
         self.gptq = GPTQ(wbits, False, group_size)

@@ -17,12 +17,13 @@ from methods.core.base import register
 from methods.quantization.squeezellm import weighted_kmeans_rows
 from methods.quantization.trained.fake_quant import WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Count
 
 
 class CodebookWeight(WeightQuantizer):
     """Ŵ = C[a]: a fixed assignment of every weight to one of 2^b trainable centroids."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, iters: int = 50):
+    def __init__(self, weight: torch.Tensor, bits: int, iters: Count = 50):
         super().__init__()
         self.bits = bits
         flat = weight.detach().float().reshape(1, -1)
@@ -40,7 +41,8 @@ class CodebookWeight(WeightQuantizer):
 
 @register("kmeans_ft")
 class KMeansFineTuned(QATMethod):
-    def __init__(self, wbits: int = 3, abits: int = 16, embeddings: bool = True, iters: int = 50,
+    smoke = ({},)
+    def __init__(self, wbits: Bits = 3, abits: Bits = 16, embeddings: bool = True, iters: Count = 50,
                  distill: float = 0.0, preset: str = "kmeans_ft", **kw: Any):
         super().__init__(preset=preset, label="K-means Quant.", ref="175", uniform="NUQ", wbits=wbits, abits=abits,
                          embeddings=embeddings, distill=distill, **kw)

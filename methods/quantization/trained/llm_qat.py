@@ -22,6 +22,7 @@ from methods.core.hooks import attach
 from methods.quantization.act_quant import quantize_per_token
 from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Count, Positive
 
 
 @torch.no_grad()
@@ -52,7 +53,7 @@ def self_generated(model: nn.Module, vocab: int, nsamples: int, length: int, gre
 class KVQuantLinear(FakeQuantLinear):
     """A key or value projection whose outputs (the cached keys / values) are quantized per token."""
 
-    def __init__(self, linear: nn.Linear, weight_q: WeightQuantizer, act_q: ActQuant | None, kv_bits: int):
+    def __init__(self, linear: nn.Linear, weight_q: WeightQuantizer, act_q: ActQuant | None, kv_bits: Bits):
         super().__init__(linear, weight_q, act_q)
         self.kv_bits = kv_bits
 
@@ -72,11 +73,12 @@ class KVQuantLinear(FakeQuantLinear):
 class LLMQAT(QATMethod):
     """`wbits`/`abits`/`kv_bits` (16: not quantized); `nsamples`, `length`, `greedy_tokens`: the
     self-generated corpus; `temperature`: of the distillation."""
+    smoke = ({"nsamples": 4, "length": 16},)
 
     roles = ("decoder",)
 
-    def __init__(self, wbits: int = 4, abits: int = 8, kv_bits: int = 8, nsamples: int = 64, length: int = 128,
-                 greedy_tokens: int = 4, temperature: float = 1.0, preset: str = "llm_qat", **kw: Any):
+    def __init__(self, wbits: Bits = 4, abits: Bits = 8, kv_bits: Bits = 8, nsamples: Count = 64, length: int = 128,
+                 greedy_tokens: int = 4, temperature: Positive = 1.0, preset: str = "llm_qat", **kw: Any):
         super().__init__(preset=preset, label="LLM-QAT", ref="102", wbits=wbits, abits=abits, embeddings=False,
                          distill=1.0, temperature=temperature, tables=("table5",), **kw)
         self.kv_bits, self.nsamples, self.length, self.greedy_tokens = kv_bits, nsamples, length, greedy_tokens

@@ -19,6 +19,7 @@ from methods.core.wrapped_linears import ComputedLinear
 from methods.core.base import TableRow, TrainedMethod, TrainingInputs, register
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import quantize_weight
+from methods.core.settings import Bits, GroupSize
 
 
 class ScaledCodes(ComputedLinear):
@@ -44,12 +45,13 @@ class ScaledCodes(ComputedLinear):
 @register("peqa")
 class PEQA(QuantLedger, TrainedMethod):
     """`wbits`, `group_size` (−1: per output channel), asymmetric min-max initial quantization."""
+    smoke = ({},)
 
     uses_teacher = False
     roles = ("decoder", "encoder")
     rows = {"table5": TableRow("PEQA", "68", uniform="UQ", cost="high", columns={"preset": "peqa"})}
 
-    def __init__(self, wbits: int = 3, group_size: int | None = -1, nominal_base: int = 16, preset: str = "peqa"):
+    def __init__(self, wbits: Bits = 3, group_size: GroupSize | None = -1, nominal_base: int = 16, preset: str = "peqa"):
         super().__init__(wbits, False, group_size, None, "minmax", nominal_base)
         self.preset = preset
 

@@ -29,6 +29,7 @@ from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import FP16_BITS, quantize_weight
 from methods.core.calibration import to_device
 from methods.training.objectives import prediction_loss
+from methods.core.settings import Bits, Count, Fraction
 
 
 class OutlierTunedLinear(ComputedLinear):
@@ -51,12 +52,13 @@ class OutlierTunedLinear(ComputedLinear):
 class PreQuant(QuantLedger, TrainedMethod):
     """`wbits`; `outlier_ratio`: the share of each linear's input channels kept trainable in
     full precision; `probe_batches`: training batches whose activations locate them."""
+    smoke = ({"outlier_ratio": 0.125, "probe_batches": 2},)
 
     uses_teacher = False
     from_pretrained = True
     rows = {"table4": TableRow("PreQuant", "46", uniform="UQ", cost="high", columns={"preset": "prequant"})}
 
-    def __init__(self, wbits: int = 4, outlier_ratio: float = 1 / 64, probe_batches: int = 4,
+    def __init__(self, wbits: Bits = 4, outlier_ratio: Fraction = 1 / 64, probe_batches: Count = 4,
                  nominal_base: int | None = 32, preset: str = "prequant"):
         super().__init__(wbits, True, -1, "channel", "mse", nominal_base)
         if not 0 < outlier_ratio < 1:

@@ -15,11 +15,13 @@ import torch
 from methods.core.base import register
 from methods.quantization.trained.fake_quant import UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits
 
 
 @register("q8bert_qat")
 class Q8BERTQAT(QATMethod):
-    def __init__(self, wbits: int = 8, abits: int = 8, embeddings: bool = True, preset: str = "q8bert_qat",
+    smoke = ({},)
+    def __init__(self, wbits: Bits = 8, abits: Bits = 8, embeddings: bool = True, preset: str = "q8bert_qat",
                  **kw: Any):
         kw.setdefault("deviations", ["continues from the fine-tuned model (the paper quantizes during fine-tuning)",
                                      "position and token-type embeddings stay fp32"])

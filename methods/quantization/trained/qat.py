@@ -25,6 +25,7 @@ from methods.quantization.codebooks import FP32_BITS
 from methods.quantization.trained.fake_quant import (ActQuant, FakeQuantLinear, WeightQuantizer, freeze_linears,
                                                      wrap_linears)
 from methods.training.row_method import RowMethod
+from methods.core.settings import Bits, Positive
 
 
 class QATMethod(StorageLedger, RowMethod):
@@ -34,8 +35,8 @@ class QATMethod(StorageLedger, RowMethod):
 
     roles = ("encoder",)
 
-    def __init__(self, preset: str, label: str, ref: str, uniform: str = "UQ", wbits: float = 8, abits: int = 8,
-                 embeddings: bool = True, distill: float = 0.0, temperature: float = 1.0,
+    def __init__(self, preset: str, label: str, ref: str, uniform: str = "UQ", wbits: Bits = 8, abits: Bits = 8,
+                 embeddings: bool = True, distill: float = 0.0, temperature: Positive = 1.0,
                  nominal_base: int | None = FP32_BITS, deviations: Sequence[str] = (),
                  tables: Sequence[str] = ("table4",)):
         RowMethod.__init__(self, preset, label, ref, distill, temperature, deviations, tables)

@@ -11,16 +11,18 @@ from torch import nn
 from methods.core.base import TableRow, TrainingInputs, register
 from methods.quantization.nf4 import NF4
 from methods.quantization.trained.adapted import AdaptedQuantBase
+from methods.core.settings import Count, Fraction, Positive
 
 
 @register("qlora")
 class QLoRA(AdaptedQuantBase):
     """QLoRA's 7–13B adaptors: r 64, α 16, dropout 0.1 (0.05 above 13B)."""
+    smoke = ({"r": 4},)
 
     rows = {"table5": TableRow("QLoRA", "34", uniform="NUQ", cost="high", columns={"preset": "qlora"})}
 
-    def __init__(self, r: int = 64, alpha: float = 16.0, dropout: float = 0.1, blocksize: int = 64,
-                 double_quant: bool = True, distill: float = 0.0, temperature: float = 1.0, nominal_base: int = 32,
+    def __init__(self, r: Count = 64, alpha: float = 16.0, dropout: Fraction = 0.1, blocksize: Count = 64,
+                 double_quant: bool = True, distill: float = 0.0, temperature: Positive = 1.0, nominal_base: int = 32,
                  preset: str = "qlora"):
         super().__init__(4, r, alpha, dropout, distill, temperature, nominal_base, preset)
         self.nf4 = NF4(blocksize, double_quant)

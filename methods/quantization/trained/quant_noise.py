@@ -36,6 +36,7 @@ from methods.core.base import TrainingInputs, register
 from methods.quantization.rptq import lloyd
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Count, Fraction, Seed
 
 
 def noisy(x: torch.Tensor, xq: torch.Tensor, p: float) -> torch.Tensor:
@@ -68,7 +69,7 @@ class BlockDrop(WeightQuantizer):
     """Quant-Noise's training noise for iPQ: random blocks of `block_size` inputs zeroed, the rest
     scaled by 1/(1 − p); the identity at evaluation."""
 
-    def __init__(self, p: float, block_size: int):
+    def __init__(self, p: float, block_size: Count):
         super().__init__()
         self.p, self.block_size = p, block_size
 
@@ -105,7 +106,7 @@ class ProductCodes(WeightQuantizer):
     """Product quantization: each row's consecutive `block_size` weights → the nearest of K shared
     codewords (k-means over the matrix's blocks); the codewords are the parameter, the indices fixed."""
 
-    def __init__(self, weight: torch.Tensor, block_size: int, k: int, iters: int = 15, seed: int = 0):
+    def __init__(self, weight: torch.Tensor, block_size: Count, k: int, iters: Count = 15, seed: Seed = 0):
         super().__init__()
         rows, cols = weight.shape
         if cols % block_size:
@@ -131,9 +132,10 @@ class ProductCodes(WeightQuantizer):
 @register("quant_noise")
 class QuantNoise(QATMethod):
     """`p`: the fraction quantized at each training forward (fairseq's --quant-noise-scalar)."""
+    smoke = ({},)
 
-    def __init__(self, p: float = 0.5, wbits: int = 8, abits: int = 8, embeddings: bool = True,
-                 scheme: str = "int8", block_size: int = 8, centroids: int = 256, noise_fraction: float = 0.5,
+    def __init__(self, p: float = 0.5, wbits: Bits = 8, abits: Bits = 8, embeddings: bool = True,
+                 scheme: str = "int8", block_size: Count = 8, centroids: Count = 256, noise_fraction: Fraction = 0.5,
                  preset: str = "quant_noise", **kw: Any):
         if not 0 < p <= 1:
             raise ValueError(f"quant-noise rate p must lie in (0, 1], got {p}")

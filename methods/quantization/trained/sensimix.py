@@ -31,6 +31,7 @@ from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, Uni
 from methods.quantization.trained.qat import QATMethod
 from methods.core.calibration import to_device
 from methods.training.objectives import prediction_loss
+from methods.core.settings import BitBudget, Bits, Count, Positive
 
 
 def abwr(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -47,9 +48,10 @@ class SensiMix(QATMethod):
     """`mp_blocks`: how many blocks get 1-bit feed-forwards (null: the count whose average code bits
     come nearest `target_bits`); `abwr`: the regularizer's weight; `probe_batches`: training
     batches for the sensitivity."""
+    smoke = ({"probe_batches": 2},)
 
-    def __init__(self, mp_blocks: int | None = None, target_bits: float = 4.0, abits: int = 8, abwr: float = 1.0,
-                 probe_batches: int = 4, distill: float = 1.0, temperature: float = 1.0, preset: str = "sensimix",
+    def __init__(self, mp_blocks: int | None = None, target_bits: BitBudget = 4.0, abits: Bits = 8, abwr: float = 1.0,
+                 probe_batches: Count = 4, distill: float = 1.0, temperature: Positive = 1.0, preset: str = "sensimix",
                  **kw: Any):
         if mp_blocks is not None and mp_blocks < 0:
             raise ValueError(f"mp_blocks must be >= 0, got {mp_blocks}")

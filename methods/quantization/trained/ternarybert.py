@@ -21,14 +21,16 @@ from methods.core.base import TrainingInputs, register
 from methods.distillation.distill import distill_same_depth
 from methods.quantization.trained.fake_quant import TernaryWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Positive
 
 
 @register("ternarybert")
 class TernaryBERT(QATMethod):
+    smoke = ({},)
     uses_teacher = True
 
-    def __init__(self, abits: int = 8, embeddings: bool = True, hidden: float = 1.0, attention: float = 1.0,
-                 logits: float = 1.0, temperature: float = 1.0, preset: str = "ternarybert", **kw: Any):
+    def __init__(self, abits: Bits = 8, embeddings: bool = True, hidden: float = 1.0, attention: float = 1.0,
+                 logits: float = 1.0, temperature: Positive = 1.0, preset: str = "ternarybert", **kw: Any):
         kw.setdefault("deviations", ["attention distillation by per-head KL between attention maps, not score MSE",
                                      "no data augmentation"])
         super().__init__(preset=preset, label="TernaryBERT", ref="174", wbits=2, abits=abits, embeddings=embeddings,

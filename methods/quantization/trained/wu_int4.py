@@ -15,13 +15,15 @@ import torch
 from methods.core.base import register
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
+from methods.core.settings import Bits, Positive
 
 
 @register("wu_int4")
 class WuINT4(QATMethod):
+    smoke = ({},)
     roles = ("decoder",)
 
-    def __init__(self, wbits: int = 4, abits: int = 4, distill: float = 1.0, temperature: float = 1.0,
+    def __init__(self, wbits: Bits = 4, abits: Bits = 4, distill: float = 1.0, temperature: Positive = 1.0,
                  preset: str = "wu_int4", **kw: Any):
         kw.setdefault("deviations", ["simulated INT4 arithmetic (fake quantization): no kernel speedup"])
         super().__init__(preset=preset, label="Wu et al.", ref="151", wbits=wbits, abits=abits, embeddings=False,
