@@ -1,8 +1,9 @@
-"""Block linears wrapped for training (weight masks, fake quantization): the wrapper that keeps
-the plain linear inside, and the swap of every block linear for a wrapper and back."""
+"""Block linears wrapped for training (weight masks, fake quantization, trained codes, gated
+factors): the wrappers, and the one swap of the block linears for wrappers (or any replacement,
+e.g. their factorised form) and of the wrappers back for their final plain modules."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -52,24 +53,66 @@ class ComputedLinear(nn.Module):
             out.bias.copy_(self.bias)
         return out
 
+    def unwrap(self) -> nn.Linear:
+        """The plain linear that replaces this layer for good (the wrappers' common name)."""
+        return self.to_linear()
 
-def wrap_block_linears(model: nn.Module, family, make: Callable[[str, nn.Linear], LinearWrapper],
-                       what: str) -> dict[str, LinearWrapper]:
-    """Replace every block linear by `make('<block>.<name>', linear)`; keys '<block>.<name>'."""
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.unwrap()
+
+
+def _checked(layer: nn.Module, name: str, what: str) -> nn.Linear:
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"{what} works on nn.Linear layers; {name} is a {type(layer).__name__}")
+    return layer
+
+
+def block_linears(model: nn.Module, family, what: str) -> dict[str, nn.Linear]:
+    """Every block linear, keyed '<block>.<name>' (raises if one is not an nn.Linear)."""
+    return {f"{i}.{name}": _checked(layer, name, what)
+            for i, block in enumerate(family.blocks(model)) for name, layer in family.linears(block).items()}
+
+
+def wrap_block(block: nn.Module, family, make: Callable[[str, nn.Linear], M], what: str,
+               prefix: str = "") -> dict[str, M]:
+    """Replace each linear of one block by `make(prefix + name, linear)`; keys prefix + name."""
     out = {}
-    for i, block in enumerate(family.blocks(model)):
-        for name, layer in family.linears(block).items():
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(f"{what} wraps nn.Linear layers; {name} is a {type(layer).__name__}")
-            key = f"{i}.{name}"
-            out[key] = make(key, layer)
-            replace_module(block, name, out[key])
+    for name, layer in family.linears(block).items():
+        key = prefix + name
+        out[key] = make(key, _checked(layer, name, what))
+        replace_module(block, name, out[key])
     return out
 
 
-def unwrap_block_linears(model: nn.Module, family, wrapped: Mapping[str, LinearWrapper]) -> None:
-    """Put each wrapper's final plain linear back in its place."""
+def wrap_block_linears(model: nn.Module, family, make: Callable[[str, nn.Linear], M], what: str) -> dict[str, M]:
+    """Replace every block linear by `make('<block>.<name>', linear)`; keys '<block>.<name>'."""
+    out = {}
+    for i, block in enumerate(family.blocks(model)):
+        out.update(wrap_block(block, family, make, what, f"{i}."))
+    return out
+
+
+def unwrap_block(block: nn.Module, wrapped: Mapping[str, M],
+                 restore: Callable[[M], nn.Module] = _unwrap) -> None:
+    """Put `restore(wrapper)` (default: its `unwrap()`) back in place of each of one block's wrappers."""
+    for name, m in wrapped.items():
+        replace_module(block, name, restore(m))
+
+
+def place_block_linears(model: nn.Module, family, modules: Mapping[str, nn.Module]) -> None:
+    """Put each module in the block linear's place its key '<block>.<name>' names."""
     blocks = family.blocks(model)
-    for key, m in wrapped.items():
+    for key, m in modules.items():
         i, name = key.split(".", 1)
-        replace_module(blocks[int(i)], name, m.unwrap())
+        replace_module(blocks[int(i)], name, m)
+
+
+def unwrap_block_linears(model: nn.Module, family, wrapped: Mapping[str, M],
+                         restore: Callable[[M], nn.Module] = _unwrap) -> None:
+    """Put `restore(wrapper)` (default: its `unwrap()`, the final plain linear) back in place of each
+    wrapper; keys '<block>.<name>'."""
+    place_block_linears(model, family, {key: restore(m) for key, m in wrapped.items()})

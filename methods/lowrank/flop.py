@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
@@ -26,6 +25,7 @@ from methods.core.outputs import task_logits
 from methods.lowrank.factorized import FactorizedLinear, svd_factors
 from methods.core.hard_concrete import HardConcrete, lagrangian
 from methods.core.settings import Fraction, Positive
+from methods.core.wrapped_linears import place_block_linears, wrap_block_linears
 
 
 class GatedFactorized(nn.Module):
@@ -109,15 +109,10 @@ class FLOP(TrainedMethod):
         from methods.training.objectives import logit_kl
         from methods.distillation.taps import Tapped
 
-        gated, owners = {}, {}
-        for i, block in enumerate(family.blocks(model)):
-            for name, layer in family.linears(block).items():
-                if not isinstance(layer, nn.Linear):
-                    raise ValueError(f"FLOP factorises nn.Linear weights; {name} is a {type(layer).__name__}")
-                g = GatedFactorized(layer, self.gate_lr_scale).to(layer.weight.device)
-                self.dense_params += layer.weight.numel()
-                replace_module(block, name, g)
-                gated[f"{i}.{name}"], owners[f"{i}.{name}"] = g, (block, name)
+        def gate(key: str, layer: nn.Linear) -> GatedFactorized:
+            self.dense_params += layer.weight.numel()
+            return GatedFactorized(layer, self.gate_lr_scale).to(layer.weight.device)
+        gated = wrap_block_linears(model, family, gate, "FLOP")
         pruned = _Pruned(model, gated, self.dense_params, self.lambda_lr_scale)
         teacher = Tapped(inputs.teacher, family) if self.distill else None
 
@@ -133,10 +128,9 @@ class FLOP(TrainedMethod):
         inputs.fit(pruned, loss, teacher=teacher)
         self.expected_sparsity_end = float(pruned.expected_sparsity().detach())
         keep = self._budget(gated)
-        for key, g in gated.items():
-            owner, name = owners[key]
-            new = g.finalise(keep[key])
-            replace_module(owner, name, new)
+        final = {key: g.finalise(keep[key]) for key, g in gated.items()}
+        place_block_linears(model, family, final)
+        for key, new in final.items():
             self.ranks[key] = new.rank
             self.factor_params += new.first.weight.numel() + new.second.weight.numel()
         return model.eval()

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
 from methods.lowrank.factorized import factorize, rank_for_rate
 from methods.lowrank.fisher import row_fisher
 from methods.core.settings import Count, Fraction
+from methods.core.wrapped_linears import block_linears, wrap_block_linears
 
 FINETUNES = ("none", "labels", "distill")
 
@@ -60,24 +60,20 @@ class LowRankSVD(TrainedMethod):
                                    columns={"target": "P", "preset": self.preset})}
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
-        targets = {}
-        for i, block in enumerate(family.blocks(model)):
-            for name, layer in family.linears(block).items():
-                if not isinstance(layer, nn.Linear):
-                    raise ValueError(f"SVD factorises nn.Linear weights; {name} is a {type(layer).__name__}")
-                targets[f"{i}.{name}"] = (block, name, layer)
         weights = None
         if self.weighting == "fisher":
             batches = inputs.data(0)[: self.fisher_batches]
-            fisher = row_fisher(model, {k: v[2] for k, v in targets.items()}, batches, device)
+            fisher = row_fisher(model, block_linears(model, family, "SVD"), batches, device)
             weights = {k: f.sqrt() for k, f in fisher.items()}
-        for key, (block, name, layer) in targets.items():
+
+        def make(key: str, layer: nn.Linear) -> nn.Module:
             rank = rank_for_rate(layer.out_features, layer.in_features, self.rate)
             self.ranks[key] = rank
             self.dense_params += layer.weight.numel()
             new = factorize(layer, rank, None if weights is None else weights[key])
             self.factor_params += new.first.weight.numel() + new.second.weight.numel()
-            replace_module(block, name, new)
+            return new
+        wrap_block_linears(model, family, make, "SVD")
         if self.finetune == "labels":
             from methods.training.objectives import label_loss
             inputs.fit(model, label_loss)

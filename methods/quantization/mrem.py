@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.codebooks import FP32_BITS
 from methods.quantization.trained.fake_quant import ActQuant, FakeQuantLinear, UniformWeight, WeightQuantizer
 from methods.core.settings import Bits, LearningRate
+from methods.core.wrapped_linears import unwrap_block, wrap_block
 
 
 @register("mrem")
@@ -52,19 +52,19 @@ class MREM(QuantMethod):
         """Q_w of one linear: b-bit symmetric per output channel, its step learned (LSQ)."""
         return UniformWeight(self.spec.bits, sym=True, per="channel", learn_scale=True, weight=weight)
 
+    def fake_quant(self, name: str, linear: nn.Linear) -> FakeQuantLinear:
+        """One linear's trainable form: Q_w with a learned step, Q_a at `abits` (none from 16 bits)."""
+        return FakeQuantLinear(linear, self.weight_quantizer(linear.weight),
+                               ActQuant(self.abits) if self.abits < 16 else None)
+
     def before_step(self, step: int, wrapped: dict[str, FakeQuantLinear]) -> None:
         """A hook into the fit (Mr.BiQ re-solves its scales at the start of each round)."""
 
     def compress_block(self, session, block_index: int, block: nn.Module, inputs) -> None:
-        linears = session.family.linears(block)
         batches = [(h.clone(), _plain(args), _plain(kwargs)) for h, (args, kwargs) in inputs]
         with torch.no_grad():
             targets = [_out(block(h, *a, **k)).clone() for h, a, k in batches]
-        wrapped = {}
-        for name, lin in linears.items():
-            wrapped[name] = FakeQuantLinear(lin, self.weight_quantizer(lin.weight),
-                                            ActQuant(self.abits) if self.abits < 16 else None)
-            replace_module(block, name, wrapped[name])
+        wrapped = wrap_block(block, session.family, self.fake_quant, "MREM")
         params = [p for p in block.parameters()]
         with torch.enable_grad():
             block.train()
@@ -88,7 +88,7 @@ class MREM(QuantMethod):
         for name, m in wrapped.items():
             self.account(block_index, name, *m.weight.shape, n_groups=0,
                          extra_bits=m.weight_q.stats(m.weight) * self.stat_bits)
-            replace_module(block, name, m.freeze())
+        unwrap_block(block, wrapped, restore=lambda m: m.freeze())
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "abits": self.abits if self.abits < 16 else None, "steps_per_block": self.steps,

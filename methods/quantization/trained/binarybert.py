@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
 from methods.core.base import TrainingInputs, register
 from methods.distillation.distill import distill_same_depth
 from methods.quantization.trained.fake_quant import (ActQuant, BinaryWeight, FakeQuantLinear, TernaryWeight,
                                                      WeightQuantizer, wrap_linears)
 from methods.quantization.trained.qat import QATMethod
 from methods.core.settings import Bits, Fraction, Positive
+from methods.core.wrapped_linears import unwrap_block_linears
 
 
 @torch.no_grad()
@@ -104,10 +104,7 @@ class BinaryBERT(QATMethod):
     def split(self, model: nn.Module, family, wrapped: dict[str, FakeQuantLinear]) -> dict[str, SplitBinaryLinear]:
         """TWS on every ternary linear: the binary model that computes what the ternary one did."""
         latents = {k: (m.linear.weight.detach().clone(), m.act_q) for k, m in wrapped.items()}
-        blocks = family.blocks(model)
-        for key, m in wrapped.items():   # the latent linears back in place, to be wrapped anew
-            i, name = key.split(".", 1)
-            replace_module(blocks[int(i)], name, m.linear)
+        unwrap_block_linears(model, family, wrapped, restore=lambda m: m.linear)  # latents back, to be wrapped anew
         errors = []
 
         def make(key: str, linear: nn.Linear) -> SplitBinaryLinear:

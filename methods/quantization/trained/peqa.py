@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
-from methods.core.wrapped_linears import ComputedLinear
+from methods.core.wrapped_linears import ComputedLinear, unwrap_block_linears, wrap_block_linears
 from methods.core.base import TableRow, TrainedMethod, TrainingInputs, register
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import quantize_weight
@@ -61,23 +60,17 @@ class PEQA(QuantLedger, TrainedMethod):
     def wrap(self, model: nn.Module, family) -> dict[str, ScaledCodes]:
         """Codes for every block linear; every parameter but the scales frozen."""
         model.requires_grad_(False)
-        out = {}
-        for i, block in enumerate(family.blocks(model)):
-            for name, layer in family.linears(block).items():
-                out[f"{i}.{name}"] = ScaledCodes(layer, self.spec)
-                replace_module(block, name, out[f"{i}.{name}"])
-        return out
+        return wrap_block_linears(model, family, lambda key, layer: ScaledCodes(layer, self.spec), "PEQA")
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
         from methods.training.objectives import prediction_loss
         wrapped = self.wrap(model, family)
         model.to(device)
         inputs.fit(model, lambda s, t, batch: prediction_loss(s, None, 0.0, 1.0))  # only the scales require grad
-        blocks = family.blocks(model)
         for key, m in wrapped.items():
             i, name = key.split(".", 1)
             self.account(int(i), name, *m.codes.shape, n_groups=m.scale.shape[1])
-            replace_module(blocks[int(i)], name, m.to_linear())
+        unwrap_block_linears(model, family, wrapped)
         return model.eval()
 
     def summary(self) -> dict[str, Any]:

@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.core.arch import replace_module
-from methods.core.wrapped_linears import ComputedLinear
+from methods.core.wrapped_linears import ComputedLinear, block_linears, unwrap_block_linears, wrap_block_linears
 from methods.core.base import TableRow, TrainedMethod, TrainingInputs, register
 from methods.core.hooks import forward_hooks
 from methods.quantization.base import QuantLedger
@@ -71,7 +70,7 @@ class PreQuant(QuantLedger, TrainedMethod):
     @torch.no_grad()
     def outlier_channels(self, model: nn.Module, family, inputs: TrainingInputs, device) -> dict[str, torch.Tensor]:
         """Per block linear, the input channels with the largest |activation| on training batches."""
-        layers = {f"{i}.{n}": m for i, b in enumerate(family.blocks(model)) for n, m in family.linears(b).items()}
+        layers = block_linears(model, family, "PreQuant")
         peak = {k: torch.zeros(m.in_features, device=device) for k, m in layers.items()}
 
         def hook(key):
@@ -92,23 +91,19 @@ class PreQuant(QuantLedger, TrainedMethod):
         model.requires_grad_(False)
         prefix = getattr(model, "base_model_prefix", "") + "."
         head = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
-        wrapped = {}
-        for i, block in enumerate(family.blocks(model)):
-            for name, layer in family.linears(block).items():
-                wrapped[f"{i}.{name}"] = OutlierTunedLinear(layer, self.spec, idx[f"{i}.{name}"])
-                replace_module(block, name, wrapped[f"{i}.{name}"])
+        wrapped = wrap_block_linears(model, family, lambda key, layer: OutlierTunedLinear(layer, self.spec, idx[key]),
+                                     "PreQuant")
         for p in head:
             p.requires_grad_(True)
         trainable = [m.outliers for m in wrapped.values()] + head
         self.tuned_params = sum(p.numel() for p in trainable)
         inputs.fit(model, lambda s, t, batch: prediction_loss(s, None, 0.0, 1.0), parameters=trainable)
-        blocks = family.blocks(model)
         for key, m in wrapped.items():
             i, name = key.split(".", 1)
             rows, cols = m.wq.shape
             self.account(int(i), name, rows, cols, stat_bits=FP16_BITS,
                          extra_bits=rows * m.idx.numel() * (FP16_BITS - self.spec.bits))
-            replace_module(blocks[int(i)], name, m.to_linear())
+        unwrap_block_linears(model, family, wrapped)
         return model.eval()
 
     def summary(self) -> dict[str, Any]:
