@@ -12,20 +12,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from methods.core.adaptors import lora_params, lora_targets
 from methods.core.base import (CompressionResult, Kind, RateBasis, TableRow, TrainedMethod, TrainingInputs,
                                register)
 from methods.core.model_facts import ModelSize
 from methods.core.settings import Count, Fraction, UnitInterval
 
 
-
 def task_type(model: nn.Module) -> str:
     return "QUESTION_ANS" if hasattr(model, "qa_outputs") else "SEQ_CLS"
-
-
-def lora_params(model: nn.Module) -> int:
-    """Parameters of the LoRA factors (A and B) in a peft model."""
-    return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
 
 
 def adalora_params(model: nn.Module) -> int:
@@ -95,7 +90,7 @@ class LoRA(_Adaptor):
     def peft_config(self, model, family, total_steps):
         from peft import LoraConfig
         return LoraConfig(task_type=task_type(model), r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.targets or family.adaptor_targets))
+                          target_modules=lora_targets(family, model, self.targets))
 
     def count(self, model) -> int:
         return lora_params(model)
@@ -118,7 +113,7 @@ class AdaLoRA(_Adaptor):
     def peft_config(self, model, family, total_steps):
         from peft import AdaLoraConfig
         return AdaLoraConfig(task_type=task_type(model), init_r=self.init_r, target_r=self.r, lora_alpha=self.alpha,
-                             lora_dropout=self.dropout, target_modules=list(self.targets or family.adaptor_targets),
+                             lora_dropout=self.dropout, target_modules=lora_targets(family, model, self.targets),
                              tinit=int(self.tinit_frac * total_steps), tfinal=int(self.tfinal_frac * total_steps),
                              deltaT=self.delta_t, beta1=self.beta1, beta2=self.beta2,
                              orth_reg_weight=self.orth_reg_weight, total_step=total_steps)

@@ -15,20 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.core.adaptors import lora_params, lora_targets
 from methods.core.base import CompressionResult, Kind, TrainedMethod, TrainingInputs
 from methods.core.model_facts import ModelSize
 from methods.quantization.base import QuantLedger
 from methods.quantization.quantizer import FP16_BITS
 from methods.core.settings import Bits, Count, Fraction, Positive
-
-
-def lora_params(model: nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
-
-
-def leaf_names(family, model: nn.Module) -> list[str]:
-    """The block linears' leaf names (peft's target modules)."""
-    return sorted({name.rsplit(".", 1)[-1] for block in family.blocks(model) for name in family.linears(block)})
 
 
 class AdaptedQuantBase(TrainedMethod):
@@ -66,7 +58,7 @@ class AdaptedQuantBase(TrainedMethod):
         """Fresh LoRA adaptors on every block linear of the (already quantized) model: a peft model."""
         from peft import LoraConfig, get_peft_model
         cfg = LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                         target_modules=leaf_names(family, model), bias="none")
+                         target_modules=lora_targets(family, model, every_linear=True), bias="none")
         return get_peft_model(model, cfg)
 
     def compress_trained(self, model: nn.Module, family, inputs: TrainingInputs, device: torch.device) -> nn.Module:
