@@ -17,13 +17,23 @@ def drop_dead_inputs(H: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return H
 
 
+def dampen(H: torch.Tensor, rel: float) -> torch.Tensor:
+    """A copy of H (or of each matrix of a batch) with λ = rel · mean(diag H) added to its
+    diagonal: the relative dampening of the OBS solvers (GPTQ's `percdamp`), ZipLM's and
+    Kprune's solves and Mr.BiQ's refits. The mean is floored at 1e-12, so that a matrix of
+    inputs that never fired stays solvable, and summed over a contiguous copy of the diagonal,
+    as GPTQ's `torch.mean(torch.diag(H))` does (a sum over the strided view can differ in the
+    last bit)."""
+    H = H.clone()
+    diagonal = H.diagonal(dim1=-2, dim2=-1)
+    mean = torch.mean(diagonal.contiguous(), dim=-1, keepdim=True).clamp_min(1e-12)
+    diagonal.add_(rel * mean)
+    return H
+
+
 def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean(diag H)."""
-    H = H.clone()
-    damp = percdamp * torch.mean(torch.diag(H))
-    idx = torch.arange(H.shape[0], device=H.device)
-    H[idx, idx] += damp
-    L = torch.linalg.cholesky(H)
+    L = torch.linalg.cholesky(dampen(H, percdamp))
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
 

@@ -46,6 +46,7 @@ from methods.pruning.encoder_units import (EncoderPruning, encoder_flops, head_d
                                            reference_batch_size, unit_flops)
 from methods.pruning.structure import remove_units, struct_spec, units
 from methods.core.settings import Count, Fraction, Positive
+from methods.core.hessian import dampen
 
 
 def soft_targets(model: nn.Module, batch: dict, device, T: float) -> list[torch.Tensor]:
@@ -103,9 +104,7 @@ def keep_within_budget(scores: torch.Tensor, flops: torch.Tensor, budget: float)
 def reconstruct(features: torch.Tensor, target: torch.Tensor, damp: float = 1e-6) -> torch.Tensor:
     """KPWT: W (kept_in x out) minimising ‖features W − target‖² (normal equations, lightly damped)."""
     A = features.double()
-    G = A.t() @ A
-    G += damp * G.diagonal().mean().clamp(min=1e-12) * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-    return torch.linalg.solve(G, A.t() @ target.double()).float()
+    return torch.linalg.solve(dampen(A.t() @ A, damp), A.t() @ target.double()).float()
 
 
 @register("kprune")

@@ -21,6 +21,7 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.core.hessian import dampened_inverse_cholesky, drop_dead_inputs
+from methods.core.obs import Block, obs_sweep
 from methods.pruning.masks import Sparsity
 from methods.pruning.unstructured import PruningMethod
 from methods.core.stats import HESSIAN, LinearStats
@@ -31,35 +32,29 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, target: Sparsity, blocksiz
                     percdamp: float = 0.01) -> torch.Tensor:
     """The pruned and reconstructed copy of W (out, in) given the input Hessian H (in, in)."""
     W = W.clone().float()
-    rows, cols = W.shape
     Hinv = dampened_inverse_cholesky(drop_dead_inputs(H, W), percdamp)
     n, m = target.n, target.m
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+    mask1 = torch.zeros(0, dtype=torch.bool)
+
+    def select(block: Block) -> None:       # unstructured: the block's k lowest w²/d² at once
+        nonlocal mask1
+        mask1 = torch.zeros_like(block.W1, dtype=torch.bool)
         if not target.is_nm:
-            score = (W1 ** 2 / d.reshape(1, -1) ** 2).flatten()
+            score = (block.W1 ** 2 / torch.diag(block.Hinv1).reshape(1, -1) ** 2).flatten()
             k = int(score.numel() * target.ratio)
             if k:
                 mask1.view(-1)[torch.sort(score, stable=True)[1][:k]] = True
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            if target.is_nm and i % m == 0:
-                score = W1[:, i:i + m] ** 2 / d[i:i + m].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(score, n, dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+
+    def prune(block: Block, i: int) -> torch.Tensor:
+        if target.is_nm and i % m == 0:     # n:m: the n lowest of each m columns, as they are reached
+            d = torch.diag(block.Hinv1)
+            score = block.W1[:, i:i + m] ** 2 / d[i:i + m].reshape(1, -1) ** 2
+            mask1.scatter_(1, i + torch.topk(score, n, dim=1, largest=False)[1], True)
+        q = block.W1[:, i].clone()
+        q[mask1[:, i]] = 0
+        return q
+
+    obs_sweep(W, Hinv, blocksize, prune, start=select)
     return W
 
 

@@ -32,6 +32,7 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import QuantizedTensor, QuantSpec, dequantize, find_params, quantize
 from methods.core.hessian import dampened_inverse_cholesky, drop_dead_inputs
+from methods.core.obs import Block, obs_sweep
 from methods.core.stats import HESSIAN, LinearStats
 from methods.core.settings import Bits, Count, Damp, GroupSize
 
@@ -81,43 +82,34 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
     fitted: list[tuple[torch.Tensor, torch.Tensor]] = []   # (scale, zero) of each group, in fitting order
     col_group = torch.zeros(cols, dtype=torch.long, device=W.device)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if grouped:
-                if static is not None:
-                    params = static[int(perm[col]) // g]
-                    col_group[col] = int(perm[col]) // g
-                elif col % g == 0:
-                    params = fit(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g])
-                    fitted.append(params)
-                if static is None:
-                    col_group[col] = len(fitted) - 1
-            c = quantize(w.unsqueeze(1), params[0], params[1], spec.maxq).flatten()
-            c[zero_mask[:, col]] = params[1].flatten()[zero_mask[:, col]]  # the code of 0 (ranges hold 0)
-            codes[:, col] = c.to(torch.uint8)
-            if keep[col]:
-                q = w.clone()
-            else:
-                q = dequantize(c.unsqueeze(1), params[0], params[1]).flatten()
-                if rule is not None:
-                    out = rule(w, q, d)
-                    q[out] = w[out]
-                    outliers += int(out.sum())
-            q[zero_mask[:, col]] = 0
-            Q1[:, i] = q
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+
+    def quantize_column(block: Block, i: int) -> torch.Tensor:
+        nonlocal params, outliers
+        col, w, d = block.i1 + i, block.W1[:, i], block.Hinv1[i, i]
+        if grouped:
+            if static is not None:
+                params = static[int(perm[col]) // g]
+                col_group[col] = int(perm[col]) // g
+            elif col % g == 0:      # the group is fitted on its columns' up-to-date values
+                params = fit(torch.cat([block.W1[:, i:], W[:, block.i2:]], 1)[:, :g])
+                fitted.append(params)
+            if static is None:
+                col_group[col] = len(fitted) - 1
+        c = quantize(w.unsqueeze(1), params[0], params[1], spec.maxq).flatten()
+        c[zero_mask[:, col]] = params[1].flatten()[zero_mask[:, col]]  # the code of 0 (ranges hold 0)
+        codes[:, col] = c.to(torch.uint8)
+        if keep[col]:
+            q = w.clone()
+        else:
+            q = dequantize(c.unsqueeze(1), params[0], params[1]).flatten()
+            if rule is not None:
+                out = rule(w, q, d)
+                q[out] = w[out]
+                outliers += int(out.sum())
+        q[zero_mask[:, col]] = 0
+        return q
+
+    obs_sweep(W, Hinv, blocksize, quantize_column)
     inv = torch.argsort(perm)
     W = W[:, inv]
     n_groups = -(-cols // g) if grouped else (1 if spec.granularity == "channel" else 0)

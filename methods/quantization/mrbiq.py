@@ -28,6 +28,7 @@ from methods.quantization.mrem import MREM
 from methods.quantization.quantizer import FP16_BITS
 from methods.quantization.trained.fake_quant import FakeQuantLinear, WeightQuantizer
 from methods.core.settings import Bits, Count, LearningRate
+from methods.core.hessian import dampen
 
 
 def _levels(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +60,7 @@ def bcq_fit(w: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
 
 def bcq_refit(w: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Least-squares α per row for fixed sign planes (a tiny ridge keeps a repeated plane solvable)."""
-    gram = codes.transpose(1, 2) @ codes
-    gram = gram + 1e-6 * codes.shape[1] * torch.eye(codes.shape[2], dtype=w.dtype, device=w.device)
+    gram = dampen(codes.transpose(1, 2) @ codes, 1e-6)     # diag = the row's n weights: a ridge of 1e-6·n
     rhs = codes.transpose(1, 2) @ w.unsqueeze(-1)
     return torch.linalg.solve(gram, rhs).squeeze(-1)
 

@@ -26,6 +26,7 @@ from methods.core.hard_concrete import HardConcrete
 from methods.pruning.encoder_units import head_dim, prune_with_masks
 from methods.pruning.structure import _sliced, struct_spec, unfuse_gpt2, units
 from methods.core.settings import Positive
+from methods.core.search import smallest_meeting
 
 # modules outside the blocks that read the residual stream (their input columns are hidden dims)
 STREAM_READERS = ("qa_outputs", "bert.pooler.dense", "lm_head", "cls.predictions.transform.dense")
@@ -137,16 +138,9 @@ class StructureGates(nn.Module):
                 g.log_alpha.copy_(la - delta)
             return float(1 - self.expected_params(count_embeddings) / dense)
 
-        lo, hi = 0.0, 1.0
-        if sparsity(0.0) >= target:
-            return 0.0
-        while sparsity(hi) < target and hi < 1e4:
-            lo, hi = hi, hi * 2
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if sparsity(mid) >= target else (mid, hi)
-        sparsity(hi)
-        return hi
+        delta = smallest_meeting(lambda d: sparsity(d) >= target, iters, cap=1e4)
+        sparsity(delta)
+        return delta
 
     def dense_params(self, count_embeddings: bool) -> int:
         return self.d * (self.head_cost * self.L * self.H + self.neuron_cost * self.L * self.N) \

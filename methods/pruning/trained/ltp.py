@@ -22,6 +22,7 @@ from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.token_drop import TokenPolicy, install
 from methods.pruning.trained.token_methods import TokenPruning
 from methods.core.settings import Fraction, Positive
+from methods.core.search import smallest_meeting
 
 
 class Thresholds(TokenPolicy):
@@ -93,14 +94,7 @@ class LTP(TokenPruning):
             dense, kept = self.measure(model, enc, batches, device)
             return kept <= (1 - self.rate) * dense
 
-        lo, hi = 0.0, 1.0
-        if not meets(0.0):
-            while not meets(hi) and hi < 1e3:
-                lo, hi = hi, hi * 2
-            for _ in range(14):
-                mid = (lo + hi) / 2
-                lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-            lo = hi
-        enc.policy.theta.copy_(theta + lo)
+        offset = smallest_meeting(meets, 14, cap=1e3)
+        enc.policy.theta.copy_(theta + offset)
         model.train()
-        return lo
+        return offset

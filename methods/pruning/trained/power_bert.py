@@ -22,6 +22,7 @@ from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.token_drop import TokenPolicy, install
 from methods.pruning.trained.token_methods import TokenPruning
 from methods.core.settings import Fraction, Positive
+from methods.core.search import bisect
 
 
 class Retention(TokenPolicy):
@@ -89,13 +90,7 @@ class PoWERBERT(TokenPruning):
             dense, kept = self.measure(model, enc, batches, device)
             return kept <= (1 - self.rate) * dense
 
-        lo, hi = 0.0, 1.0
-        if meets(1.0):
-            lo = 1.0
-        else:
-            for _ in range(14):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if meets(mid) else (lo, mid)
-        self.facts["retention_scale"] = lo
-        enc.policy.retention = [max(1, math.ceil(lo * s)) for s in searched]
+        alpha = 1.0 if meets(1.0) else bisect(lambda a: not meets(a), 0.0, 1.0, 14)[0]
+        self.facts["retention_scale"] = alpha
+        enc.policy.retention = [max(1, math.ceil(alpha * s)) for s in searched]
         model.train()

@@ -7,7 +7,8 @@ neurons = its columns), with X the projection's inputs over calibration tokens:
         ΔL_S = tr(W_{:,S} (H⁻¹_SS)⁻¹ W_{:,S}ᵀ)
         W ← W − W_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:};   H⁻¹ ← H⁻¹ − H⁻¹_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:}
     giving every sub-layer's error curve err(k kept)
-latency table: each sub-layer's time with k structures kept, measured on this device
+latency table: each sub-layer's time with k structures kept, measured on this device by the one timer
+    (methods/core/hardware.seconds: the median of torch.utils.benchmark's blocked autorange)
     (the paper's latency table is of its own hardware; this harness measures the one it runs on)
 search: per sub-layer k minimising Σ err subject to Σ latency ≤ dense latency / speedup target
         (dynamic programming over a discretised latency budget)
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from torch import nn
 
 from methods.core.base import CompressionResult, Kind, RateBasis, TrainingInputs, register
 from methods.core.calibration import model_inputs
-from methods.core.hessian import one_thread
+from methods.core.hardware import seconds
+from methods.core.hessian import dampen, one_thread
 from methods.core.hooks import forward_hooks
 from methods.core.model_facts import ModelSize
 from methods.pruning.encoder_units import encoder_flops, head_dim
@@ -37,9 +38,7 @@ from methods.core.settings import Count, Damp, Speedup
 
 
 def _inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
-    H = H.double().clone()
-    H.diagonal().add_(damp * H.diagonal().mean().clamp_min(1e-12))
-    return torch.linalg.inv(H)
+    return torch.linalg.inv(dampen(H.double(), damp))
 
 
 def _remove_group(W: torch.Tensor, Hinv: torch.Tensor, g: int, group: int) -> torch.Tensor:
@@ -91,14 +90,7 @@ def obs_remove(W: torch.Tensor, H: torch.Tensor, group: int, drop: list[int], da
     return W0.to(W.dtype)
 
 
-def _time(fn, repeats: int = 5) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
+LATENCY_RUN_TIME = 0.05   # seconds of repeats per measured size (about 22 sizes per table)
 
 
 @torch.no_grad()
@@ -122,11 +114,8 @@ def latency_table(d: int, hd: int, q_per_unit: int, heads: int, neurons: int, ml
             kk = kv[:, :, 0].transpose(1, 2).repeat_interleave(q_per_unit, 1)
             vv = kv[:, :, 1].transpose(1, 2).repeat_interleave(q_per_unit, 1)
             o = torch.nn.functional.scaled_dot_product_attention(q, kk, vv)
-            y = o.transpose(1, 2).reshape(b, s, w) @ wo.t()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return y
-        return _time(run)
+            return o.transpose(1, 2).reshape(b, s, w) @ wo.t()
+        return seconds(run, LATENCY_RUN_TIME)
 
     def ffn(k: int) -> float:
         if k == 0:
@@ -135,11 +124,8 @@ def latency_table(d: int, hd: int, q_per_unit: int, heads: int, neurons: int, ml
 
         def run():
             h = x @ wu.t()
-            y = torch.nn.functional.gelu(h[..., :k]) @ wd.t()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return y
-        return _time(run)
+            return torch.nn.functional.gelu(h[..., :k]) @ wd.t()
+        return seconds(run, LATENCY_RUN_TIME)
 
     att = [attn(k) for k in range(heads + 1)]
     grid = sorted({round(i * neurons / (points - 1)) for i in range(points)})
