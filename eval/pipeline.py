@@ -371,7 +371,8 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
         extra["training"] = _training_record(p, inputs.training)
     repeats = p.identity.get("timing", {}).get("repeats", 0)
     if timed and p.method.physical and (done.after.params < done.before.params or p.method.dynamic_speedup):
-        extra["speedup"] = _forward_speedup(p, inputs, loaded, repeats, timing)
+        extra["speedup"], forward = _forward_speedup(p, inputs, loaded, repeats)
+        timing.update(forward)
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]
     if p.cfg.get("save_dir"):
@@ -446,20 +447,21 @@ def _evaluate(p: RunPlan, loaded: Loaded) -> tuple[Evaluation, float, dict[str, 
     return ev, t_eval.seconds, mem.report()
 
 
-def _forward_speedup(p: RunPlan, inputs: RunInputs, loaded: Loaded, repeats: int,
-                     timing: dict[str, float]) -> dict[str, Any]:
+def _forward_speedup(p: RunPlan, inputs: RunInputs, loaded: Loaded,
+                     repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
     """A physically smaller model's forward time against the dense copy's, interleaved pass by
-    pass: every pass, the per-pass ratios' median and quartiles (methods/core/speedup.py)."""
+    pass: every pass, the per-pass ratios' median and quartiles (methods/core/speedup.py); and
+    the two median forward times for the record's `timing`."""
     batches = inputs.timing_batches
     dense_times, times = forward_seconds(inputs.dense_copy, loaded.model, batches=batches, device=p.device,
                                          repeats=repeats)
-    timing.update(dense_forward_s=statistics.median(dense_times), forward_s=statistics.median(times))
+    medians = {"dense_forward_s": statistics.median(dense_times), "forward_s": statistics.median(times)}
     return {**speedup.paired(dense_times, times),
             "device": provenance.hardware(p.device)["name"],
             "dtype": _dtype(loaded.model), "dense_dtype": _dtype(inputs.dense_copy),
             "basis": "dense forward time / compressed forward time, same process, interleaved",
             "dense_s": dense_times, "compressed_s": times, "batches": len(batches),
-            "tokens": sum(int(b["input_ids"].numel()) for b in batches)}
+            "tokens": sum(int(b["input_ids"].numel()) for b in batches)}, medians
 
 
 def _write(p: RunPlan, store: RecordStore, loaded: Loaded, ev: Evaluation, done: Compressed, extra: dict[str, Any],

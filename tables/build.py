@@ -397,11 +397,24 @@ def _cell(key: str, value: Any, digits: int | None) -> str:
     return latex_escape(str(value))
 
 
+def added_task_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(key, header) of each task column an encoder table added after the survey's three (they
+    stand between SQuAD and Avg, so a table read back from its CSV still has them); the header
+    is the task's own where the table was built in this process (`attrs`), else the key."""
+    columns = list(df.columns)
+    if SURVEY_TASKS[-1][0] not in columns:
+        return []
+    last = columns.index(SURVEY_TASKS[-1][0])
+    end = columns.index("avg") if "avg" in columns else last + 1
+    headers = df.attrs.get("task_headers", {})
+    return [(key, headers.get(key, key)) for key in columns[last + 1:end]]
+
+
 def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
     if spec.encoder:
         describe = spec.describe or (("PLM", "plm"), ("Gran." if spec.kind_column == "granularity" else "Uniform",
                                                        spec.kind_column))
-        tasks = [*SURVEY_TASKS, *((k, h) for k, h in df.attrs.get("task_headers", {}).items())]
+        tasks = [*SURVEY_TASKS, *added_task_columns(df)]
         cols = [("Method", "method", None), ("Ref.", "ref", None), *((h, k, None) for h, k in describe),
                 ("Rate", "comp_rate", 3), *((h, k, 2) for k, h in tasks),
                 ("Avg", "avg", 2), ("Speedup", "speedup", 2), ("Record", "record", None)]
