@@ -33,7 +33,7 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
     from methods.training.trainer import TrainConfig, Trainer
 
     torch.manual_seed(ft["seed"])  # the task head's initialisation
-    revision = (task.cfg.get("model") or {}).get("revision")   # pins a hub model (part of the identity)
+    revision = task.run.model.revision   # pins a hub model (part of the identity)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
     kwargs = {} if task.is_qa else {"num_labels": task.num_labels}
     model = task.model_class().from_pretrained(model_path, use_safetensors=True, revision=revision,

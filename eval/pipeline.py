@@ -34,6 +34,7 @@ from eval import provenance
 from eval.data import DataMissing
 from eval.locks import RecordLock
 from eval.records import RecordStore, ResultsUnwritable, record_id
+from eval.settings import RunSettings
 from eval.validate import ConfigError, check
 from eval.tasks.base import Evaluation, Loaded, Task, build_task
 from methods.core import base as methods_base
@@ -53,7 +54,7 @@ DEFAULT_THREADS = torch.get_num_threads()   # torch's own choice for this machin
 
 @dataclass
 class RunPlan:
-    cfg: dict[str, Any]
+    cfg: dict[str, Any]             # the resolved config, as the record keeps it
     task: Task
     method: Method
     device: torch.device
@@ -67,6 +68,11 @@ class RunPlan:
     @property
     def dense_rid(self) -> str:
         return record_id(self.dense_identity)
+
+    @property
+    def run(self) -> RunSettings:
+        """The run's own settings, typed (eval/settings.py): what the stages read."""
+        return self.task.run
 
     @property
     def is_dense(self) -> bool:
@@ -112,21 +118,22 @@ def _plan(cfg: dict[str, Any]) -> RunPlan:
         task = build_task(cfg)
         if method.needs_calibration:
             task.check_calibration()
-        device = resolve_device(cfg["device"])
+        run = task.run
+        device = resolve_device(run.device)
         task.prepare()
         if method.needs_calibration and task.calibration_type not in method.accepts:
             raise ValueError(f"method '{name}' calibrates on {' or '.join(t.__name__ for t in method.accepts)}, "
                              f"and task '{task.name}' gives {task.calibration_type.__name__}; "
                              f"pick a {'decoder' if task.role == 'encoder' else 'encoder'} task for it")
-        train = TrainConfig.from_dict(cfg["train"]) if isinstance(method, TrainedMethod) else None
+        train = TrainConfig.from_dict(run.train) if isinstance(method, TrainedMethod) else None
         if train is not None:
             task.check_training(method)
         method.check_model(task.meta_linears(), task.family)
-        method.keep_codes(bool(cfg["engine"].get("keep_codes", True) or (cfg.get("kernels") or {}).get("convert")))
+        method.keep_codes(run.engine.keep_codes or run.convert)
         dense_identity = task.dense_identity(device)
         identity = dense_identity
         if name != "dense":
-            identity = {**dense_identity, "method": method.identity(), "seed": cfg["seed"]}
+            identity = {**dense_identity, "method": method.identity(), "seed": run.seed}
             calib = task.calib_identity(method.needs_calibration)
             if calib is not None:
                 identity["calib"] = calib
@@ -134,9 +141,8 @@ def _plan(cfg: dict[str, Any]) -> RunPlan:
                 identity["train"] = train.identity()
                 if task.training_identity() is not None:
                     identity["train_text"] = task.training_identity()
-            convert = bool((cfg.get("kernels") or {}).get("convert"))
-            identity["kernels"] = {"convert": convert}
-            if convert or method.physical:
+            identity["kernels"] = {"convert": run.convert}
+            if run.convert or method.physical:
                 identity["timing"] = task.timing_identity()
     except (ConfigError, DataMissing):
         raise
@@ -195,7 +201,7 @@ def _record(p: RunPlan, identity: dict, rid: str, ev: Evaluation, extra: dict) -
         "preset": "dense" if dense else p.cfg["method"].get("preset", p.cfg["method"]["name"]),
         "rows": {} if dense else {t: dataclasses.asdict(row) for t, row in method.table_rows().items()},
         "protocol": p.task.protocol(ev, method, isinstance(method, TrainedMethod)),
-        "metrics": ev.metrics, "flags": ev.flags, "seed": p.cfg["seed"], "seqlen": p.task.seqlen,
+        "metrics": ev.metrics, "flags": ev.flags, "seed": p.run.seed, "seqlen": p.task.seqlen,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": provenance.versions(), "git_commit": provenance.git_commit(),
         "hardware": provenance.hardware(p.device), **extra,
@@ -234,8 +240,8 @@ def _dense_baseline(p: RunPlan, store: RecordStore, loaded: Loaded, load_s: floa
 def _training_inputs(p: RunPlan, store: RecordStore, loaded: Loaded) -> TrainingInputs:
     """The shared trainer (checkpoints under results/checkpoints/<run id>, so a killed run
     resumes), the task's training batches per epoch, the frozen teacher and the dev score."""
-    tc = TrainConfig.from_dict(p.cfg["train"])
-    trainer = Trainer(tc, p.device, store.root / "checkpoints" / p.rid, p.cfg.get("progress", True))
+    tc = TrainConfig.from_dict(p.run.train)
+    trainer = Trainer(tc, p.device, store.root / "checkpoints" / p.rid, p.run.progress)
     teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False) if p.method.uses_teacher else None
 
     @functools.lru_cache(maxsize=1)
@@ -253,7 +259,7 @@ def _training_record(p: RunPlan, training: TrainingInputs) -> dict[str, Any]:
     fits = [f.to_record() for f in training.fits]
     flops = [f["flops"] for f in fits if f["flops"]]
     wall = sum(f["wall_s"] for f in fits)
-    return {"recipe": p.cfg["train"], "fits": fits, "steps": sum(f["steps"] for f in fits),
+    return {"recipe": p.run.train, "fits": fits, "steps": sum(f["steps"] for f in fits),
             "samples": sum(f["samples"] for f in fits), "tokens": sum(f["tokens"] for f in fits),
             "wall_s": wall, "device_hours": sum(f["device_hours"] for f in fits),
             "flops": sum(flops) if flops else None,
@@ -306,14 +312,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
     p = plan(cfg)
-    with thread_count(p.cfg.get("threads")):
+    with thread_count(p.run.threads):
         return _run(p, t_start)
 
 
 def _run(p: RunPlan, t_start: float) -> dict[str, Any]:
-    store = RecordStore(p.cfg["paths"]["results"])
+    store = RecordStore(p.run.results)
     store.remove_partials()
-    force = p.cfg.get("force", False)
+    force = p.run.force
     done = None if force else store.valid(p.rid)
     if done is not None:
         log.info("record %s exists: skipping (force=true to redo)", p.rid)
@@ -352,8 +358,8 @@ class Compressed:
 
 def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> dict[str, Any]:
     """The run's stages, in order; a dense run ends with its baseline."""
-    seed_everything(p.cfg["seed"])
-    offload = p.cfg["engine"].get("offload", False)  # keep weights on the CPU while compressing
+    seed_everything(p.run.seed)
+    offload = p.run.engine.offload  # keep weights on the CPU while compressing
     loaded, load_s = _load(p, offload)
     dense = _baseline(p, store, loaded, load_s, force, offload)
     if p.is_dense:
@@ -375,9 +381,9 @@ def _run_locked(p: RunPlan, store: RecordStore, force: bool, t_start: float) -> 
         timing.update(forward)
     if ev.headline is not None and dense.get("headline") is not None:
         extra["delta"] = ev.headline - dense["headline"]
-    if p.cfg.get("save_dir"):
+    if p.run.save_dir:
         from eval.models import save_compressed
-        extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.cfg["save_dir"]))
+        extra["saved_model"] = str(save_compressed(loaded.model, loaded.tokenizer, p.run.save_dir))
     if p.identity["kernels"]["convert"]:
         with provenance.Timer() as t_kernels:
             extra["kernels"] = _kernel_check(p, loaded, done.result.to_record(p.task.bit_base), ev, inputs.dense_copy,
@@ -417,7 +423,7 @@ def _inputs(p: RunPlan, store: RecordStore, loaded: Loaded, timed: bool) -> RunI
     method = p.method
     timing_batches = p.task.timing_batches(loaded) if timed else None
     with provenance.Timer() as t_calib:
-        calib = p.task.calibration(loaded, p.cfg["seed"]) if method.needs_calibration else None
+        calib = p.task.calibration(loaded, p.run.seed) if method.needs_calibration else None
     training = _training_inputs(p, store, loaded) if isinstance(method, TrainedMethod) else None
     dense_copy = None
     if timed:
@@ -434,7 +440,7 @@ def _compress(p: RunPlan, loaded: Loaded, inputs: RunInputs) -> Compressed:
     before = measure(loaded.model, loaded.family)
     with provenance.PeakMemory(p.device) as mem, provenance.Timer() as t_comp:
         loaded.model, phases = apply_method(method, loaded.model, loaded.family, inputs.calib, p.device,
-                                            p.cfg["engine"]["batch_size"], p.cfg.get("progress", True), training)
+                                            p.run.engine.batch_size, p.run.progress, training)
     after = measure(loaded.model, loaded.family)
     return Compressed(method.result(before, after), {**phases, "compress_s": t_comp.seconds}, mem.report(),
                       before, after)

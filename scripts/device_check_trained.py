@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+
 def cases(group: str) -> list[tuple[str, dict, Callable]]:
     """Every registered method of `group` (its package under methods/) that declares short checks
     (`Method.smoke`), each case with its check: the sequential engine for a layer-wise method, the
@@ -33,11 +34,16 @@ def cases(group: str) -> list[tuple[str, dict, Callable]]:
     from methods.core.base import LayerwiseMethod, registry
     out = []
     for name, cls in sorted(registry().items()):
-        if cls.__module__.split(".")[1:2] != [group]:
+        smoke = cls.__dict__.get("smoke", ())      # its own checks, not a parent's
+        if not smoke or not cls.__module__.startswith(f"methods.{group}."):
             continue
-        check = (check_engine_method if issubclass(cls, LayerwiseMethod)
-                 else check_decoder_method if getattr(cls, "roles", ("encoder",))[0] == "decoder" else check_method)
-        out += [(name, dict(kw), check) for kw in cls.smoke]
+        if issubclass(cls, LayerwiseMethod):
+            check = check_engine_method
+        elif cls.roles[0] == "decoder":
+            check = check_decoder_method
+        else:
+            check = check_method
+        out += [(name, dict(kw), check) for kw in smoke]
     return out
 
 

@@ -122,6 +122,7 @@ def test_training_features_are_tokenised_once_per_process_and_equal_a_direct_tok
     from conftest import minilm_path
     from eval.qa_features import prepare_features
     from eval.tasks import encoder
+    from eval.settings import ModelSettings, RunSettings
     from eval.tasks.squad import SQuADDevSplit
 
     examples = squad.squad_dev_split(squad.load_squad(DataSource.from_config(data_root, offline=True)))[0][:12]
@@ -132,9 +133,8 @@ def test_training_features_are_tokenised_once_per_process_and_equal_a_direct_tok
     tok = AutoTokenizer.from_pretrained(minilm_path())
 
     def task(max_length):
-        cfg = {"task": {"name": "squad_dev_split", "max_length": max_length, "doc_stride": 32},
-               "paths": {"data_root": str(data_root)}, "offline": True}
-        return SQuADDevSplit(cfg)
+        run = RunSettings(ModelSettings("minilm", str(minilm_path())), data_root=str(data_root), offline=True)
+        return SQuADDevSplit(run, {"name": "squad_dev_split", "max_length": max_length, "doc_stride": 32})
 
     first = task(64).training_batches(tok, 4, seed=3)
     again = task(64).training_batches(tok, 4, seed=3)

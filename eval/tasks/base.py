@@ -1,6 +1,7 @@
 """The task interface: what a run is scored on, and everything task-specific in its lifecycle.
 
-A task is a small object built from the resolved run config. It knows the model class it loads,
+A task is a small object built from the run's typed settings (eval/settings.py) and its own
+config section (conf/task/<name>.yaml). It knows the model class it loads,
 the calibration batches it gives methods, how it evaluates (metrics and a headline number), the
 identity of its dense baseline, and the bit base that rates count against (16 for decoders, 32
 for encoders, as the survey does). Adding a task means one module under eval/tasks/ (registered
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from eval.data import DataSource
+from eval.settings import RunSettings
 from methods.core.arch import Family
 from methods.core.calibration import CalibrationData
 
@@ -63,9 +65,10 @@ class Task:
     calibration_type: ClassVar[type]
     column: ClassVar[Column | None] = None   # None: the perplexity tables' columns (decoders)
 
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-        self.data = DataSource.from_config(cfg["paths"]["data_root"], cfg.get("offline"))
+    def __init__(self, run: RunSettings, section: dict[str, Any]):
+        self.run = run
+        self.section = dict(section)       # its own config section, as given (conf/task/<name>.yaml)
+        self.data = DataSource.from_config(run.data_root, run.offline)
         self.family: Family | None = None
         self.seqlen: int = 0
 
@@ -106,12 +109,11 @@ class Task:
     def model_identity(self) -> dict[str, Any]:
         """The model by its resolved source (see eval/identity.py), plus its non-path settings."""
         from eval.identity import model_identity
-        mc = self.cfg["model"]
-        skip = {"path", "finetuned", "needs", "revision"}   # spellings and hardware hints: not the model
-        out = {k: v for k, v in mc.items() if k not in skip}
-        out["source"] = model_identity(mc["path"], mc.get("revision"))
-        if mc.get("finetuned"):
-            out["finetuned"] = model_identity(mc["finetuned"], mc.get("revision"))
+        mc = self.run.model
+        out = mc.identity()
+        out["source"] = model_identity(mc.path, mc.revision)
+        if mc.finetuned:
+            out["finetuned"] = model_identity(mc.finetuned, mc.revision)
         return out
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
@@ -151,8 +153,8 @@ class Task:
 
     def timing_identity(self) -> dict[str, Any]:
         """The timing settings as bound (`timing.inputs` null: the task's own count)."""
-        t = self.cfg.get("timing") or {}
-        return {"inputs": t.get("inputs") or self.default_timing_inputs, "repeats": int(t.get("repeats", 5))}
+        t = self.run.timing
+        return {"inputs": t.inputs or self.default_timing_inputs, "repeats": int(t.repeats)}
 
     # the protocol's calibration: 128 samples (GPTQ's 128 windows; the encoders' calibration budget)
     protocol_calib_samples: ClassVar[int] = 128
@@ -165,10 +167,10 @@ class Task:
         """Where this run did less than its protocol (a prefix of the evaluation data, a test-sized
         calibration or training split), each as the setting that did it; empty: the whole protocol."""
         out = []
-        if method is not None and method.needs_calibration and \
-                self.cfg["calib"]["nsamples"] < self.protocol_calib_samples:
-            out.append(f"calib.nsamples={self.cfg['calib']['nsamples']} < {self.protocol_calib_samples}")
-        cap = (self.cfg.get("train") or {}).get("max_train_features")
+        nsamples = self.run.calib.nsamples
+        if method is not None and method.needs_calibration and nsamples < self.protocol_calib_samples:
+            out.append(f"calib.nsamples={nsamples} < {self.protocol_calib_samples}")
+        cap = (self.run.train or {}).get("max_train_features")
         if trained and cap is not None:
             out.append(f"train.max_train_features={cap}")
         return out
@@ -206,8 +208,9 @@ def task_names() -> list[str]:
 
 
 def build_task(cfg: dict[str, Any]) -> Task:
+    """The task the resolved run config names, given the run's typed settings and its section."""
     _import_all()
     name = cfg["task"]["name"]
     if name not in _TASKS:
         raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name](cfg)
+    return _TASKS[name](RunSettings.from_config(cfg), cfg["task"])

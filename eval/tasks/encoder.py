@@ -13,6 +13,7 @@ import torch
 from eval import glue, models, squad
 from eval.data import tokenizer_key
 from eval.qa_features import QAFeatures, decode, prepare_features
+from eval.settings import RunSettings
 from eval.tasks.base import Evaluation, Loaded, Task
 from methods.core.arch import FAMILIES
 from methods.core.calibration import InputBatches, model_inputs
@@ -48,9 +49,9 @@ class EncoderTask(Task):
     num_labels: ClassVar[int] = 0
     positive_f1: ClassVar[bool] = False     # pair tasks: F1 of the positive class beside accuracy (QQP)
 
-    def __init__(self, cfg: dict[str, Any]):
-        super().__init__(cfg)
-        self.settings = TaskConfig.from_dict(cfg["task"])
+    def __init__(self, run: RunSettings, section: dict[str, Any]):
+        super().__init__(run, section)
+        self.settings = TaskConfig.from_dict(section)
         self.seqlen = self.settings.max_length
 
     # ---- what each task says -------------------------------------------------------------------
@@ -71,8 +72,8 @@ class EncoderTask(Task):
         return AutoModelForQuestionAnswering if self.is_qa else AutoModelForSequenceClassification
 
     def prepare(self) -> None:
-        mc = self.cfg["model"]
-        _, self.family, self.model_config = models.model_family(mc.get("finetuned") or mc["path"])
+        mc = self.run.model
+        _, self.family, self.model_config = models.model_family(mc.finetuned or mc.path)
         if self.family.role != "encoder":
             encoders = ", ".join(f.name for f in FAMILIES.values() if f.role == "encoder")
             raise ValueError(f"task '{self.name}' needs an encoder ({encoders} family), "
@@ -80,21 +81,20 @@ class EncoderTask(Task):
 
     def dense_identity(self, device: torch.device) -> dict[str, Any]:
         from eval.identity import numerics
-        c = self.cfg
-        return {"model": self.model_identity(), "task": c["task"], "finetune": c["finetune"],
+        return {"model": self.model_identity(), "task": self.section, "finetune": dict(self.run.finetune),
                 "method": {"name": "dense"}, "data": self.data_identity(self.data_files()),
                 "numerics": numerics(device)}
 
     def calib_identity(self, needs_calibration: bool) -> dict[str, Any] | None:
-        return {"nsamples": self.cfg["calib"]["nsamples"], "batch_size": self.cfg["engine"]["batch_size"]}
+        return {"nsamples": self.run.calib.nsamples, "batch_size": self.run.engine.batch_size}
 
     def baseline(self, device: torch.device) -> Path | str:
         """The fine-tuned task model: `model.finetuned`, or the cached fine-tune (trained if absent)."""
         from eval.finetune import ensure_finetuned
-        mc = self.cfg["model"]
-        return mc.get("finetuned") or ensure_finetuned(
-            mc["name"], models.resolve_source(mc["path"]), self, self.cfg["finetune"],
-            Path(self.cfg["paths"]["results"]) / "finetuned", torch.device(device))
+        mc = self.run.model
+        return mc.finetuned or ensure_finetuned(
+            mc.name, models.resolve_source(mc.path), self, dict(self.run.finetune),
+            Path(self.run.results) / "finetuned", torch.device(device))
 
     def load(self, device: torch.device | str) -> Loaded:
         from transformers import AutoTokenizer
@@ -155,8 +155,8 @@ class EncoderTask(Task):
         return _TRAIN_FEATURES[key]
 
     def calibration(self, loaded: Loaded, seed: int) -> InputBatches:
-        return InputBatches(self.training_batches(loaded.tokenizer, self.cfg["engine"]["batch_size"], seed,
-                                                  limit=self.cfg["calib"]["nsamples"]))
+        return InputBatches(self.training_batches(loaded.tokenizer, self.run.engine.batch_size, seed,
+                                                  limit=self.run.calib.nsamples))
 
     def training_data(self, loaded: Loaded, batch_size: int, seed: int, limit: int | None = None) -> InputBatches:
         return InputBatches(self.training_batches(loaded.tokenizer, batch_size, seed, limit))
@@ -170,9 +170,9 @@ class EncoderTask(Task):
     def load_pretrained(self, device: torch.device | str) -> torch.nn.Module:
         """`model.path` (the pre-trained encoder) with a newly initialised task head."""
         kwargs = {} if self.is_qa else {"num_labels": self.num_labels}
-        source = models.resolve_source(self.cfg["model"]["path"])
+        source = models.resolve_source(self.run.model.path)
         model = self.model_class().from_pretrained(source, use_safetensors=True,
-                                                   revision=self.cfg["model"].get("revision"), **kwargs)
+                                                   revision=self.run.model.revision, **kwargs)
         return model.to(device)
 
     default_timing_inputs = TIMING_EXAMPLES
@@ -193,8 +193,9 @@ class EncoderTask(Task):
             if m["examples"] < of:
                 out.append(f"task.max_eval_examples={self.settings.max_eval_examples} ({name}: {m['examples']} "
                            f"of {of} examples)")
-        if self.cfg["model"].get("finetuned") is None and self.cfg["finetune"].get("max_train_features") is not None:
-            out.append(f"finetune.max_train_features={self.cfg['finetune']['max_train_features']}")
+        cap = self.run.finetune.get("max_train_features")
+        if self.run.model.finetuned is None and cap is not None:
+            out.append(f"finetune.max_train_features={cap}")
         return out + super().shortfalls(ev, method, trained)
 
     def timing_batches(self, loaded: Loaded) -> list[dict[str, torch.Tensor]]:

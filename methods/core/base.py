@@ -26,7 +26,7 @@ from torch import nn
 from methods.core.arch import weight_matrix
 from methods.core.calibration import CalibrationData, InputBatches, TokenWindows
 from methods.core.model_facts import ModelSize
-from methods.core.settings import check_settings
+from methods.core.settings import check_settings, setting_types
 from methods.core.stats import LinearStats
 from methods.core.suggest import did_you_mean
 
@@ -354,10 +354,9 @@ def _takes(cls: type[Method], knob: str) -> bool:
 
 
 def settings_of(cls: type[Method]) -> set[str]:
-    """The argument names of `cls`'s constructors (its own and its parents')."""
-    return {n for k in cls.__mro__ if k is not object and "__init__" in k.__dict__
-            for n, p in inspect.signature(k.__dict__["__init__"]).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    """The setting names `cls(...)` accepts (its own constructor's, and its parents' that `**kw`
+    passes on)."""
+    return set(setting_types(cls))
 
 
 def build(name: str, **knobs: Any) -> Method:

@@ -13,6 +13,14 @@ def bisect(meets: Callable[[float], bool], lo: float, hi: float, iters: int) -> 
     return lo, hi
 
 
+def largest_meeting(meets: Callable[[float], bool], lo: float, hi: float, iters: int) -> float:
+    """The largest x in [lo, hi] with `meets(x)`, for a condition that holds up to some x: `hi`
+    where it holds there, else the lower end of [lo, hi] bisected `iters` times."""
+    if meets(hi):
+        return hi
+    return bisect(lambda x: not meets(x), lo, hi, iters)[0]
+
+
 def smallest_meeting(meets: Callable[[float], bool], iters: int, cap: float) -> float:
     """The smallest x ≥ 0 with `meets(x)`, for a condition that holds from some x on: 0 where it
     holds already; else the bracket [2^(k-1), 2^k] of the first power of two that meets it (or

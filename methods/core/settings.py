@@ -124,18 +124,21 @@ def _hints(init: Any) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _fields(cls: type) -> tuple[tuple[str, Any, Any], ...]:
-    """(name, type, default) of every constructor parameter of `cls` and its parents (a subclass's
-    parameter, and default, first)."""
+    """(name, type, default) of every parameter `cls(...)` accepts: its constructor's, and its
+    parents' where a constructor passes `**kw` on (a subclass's parameter, and default, first)."""
     out: dict[str, tuple[str, Any, Any]] = {}
     for k in cls.__mro__:
         init = k.__dict__.get("__init__")
         if k is object or init is None:
             continue
         hints = _hints(init)
-        for name, p in inspect.signature(inspect.unwrap(init)).parameters.items():
+        params = inspect.signature(inspect.unwrap(init)).parameters
+        for name, p in params.items():
             if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in out:
                 continue
             out[name] = (name, hints.get(name, Any), p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break                       # the parents' parameters are not the caller's to give
     return tuple(out.values())
 
 

@@ -98,7 +98,9 @@ def wrap_block_linears(model: nn.Module, family, make: Callable[[str, nn.Linear]
 
 def unwrap_block(block: nn.Module, wrapped: Mapping[str, M],
                  restore: Callable[[M], nn.Module] = _unwrap) -> None:
-    """Put `restore(wrapper)` (default: its `unwrap()`) back in place of each of one block's wrappers."""
+    """Put `restore(wrapper)` (default: its `unwrap()`) back in place of each of one block's
+    wrappers; `wrapped` is keyed by the linears' names in the block (as `wrap_block` gave them
+    without a prefix)."""
     for name, m in wrapped.items():
         replace_module(block, name, restore(m))
 

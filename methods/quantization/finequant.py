@@ -29,7 +29,7 @@ from methods.core.arch import weight_matrix
 from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.quantizer import FP16_BITS, QuantizedTensor, QuantSpec, quantize_weight
-from methods.core.settings import Bits, GroupSize, Positive
+from methods.core.settings import Bits, Count, Positive
 
 
 def row_errors(W: torch.Tensor, spec: QuantSpec) -> tuple[QuantizedTensor, torch.Tensor]:
@@ -59,7 +59,7 @@ class FineQuant(QuantMethod):
 
     rows = {"table5": TableRow("FineQuant", "74", uniform="UQ", columns={"preset": "finequant"})}
 
-    def __init__(self, wbits: Bits = 4, min_group: GroupSize = 64, outlier_ratio: Positive = 2.0,
+    def __init__(self, wbits: Bits = 4, min_group: Count = 64, outlier_ratio: Positive = 2.0,
                  nominal_base: int | None = 32, preset: str = "finequant"):
         super().__init__(wbits, True, -1, None, "minmax", nominal_base)
         if min_group < 1:

@@ -10,14 +10,14 @@ from methods.core.base import TableRow, register
 from methods.quantization.base import QuantMethod
 from methods.quantization.codebooks import FP32_BITS
 from methods.quantization.trained.fake_quant import TernaryWeight
-from methods.core.settings import Fraction
+from methods.core.settings import Positive
 
 
 @register("twn")
 class TWN(QuantMethod):
     rows = {"table4": TableRow("TernaryBERT (post-training)", "174", uniform="UQ")}
 
-    def __init__(self, ratio: Fraction = 0.7, nominal_base: int | None = None):
+    def __init__(self, ratio: Positive = 0.7, nominal_base: int | None = None):
         super().__init__(2, True, -1, "tensor", "minmax", nominal_base)
         self.quantizer = TernaryWeight("tensor", ratio)
 

@@ -23,7 +23,7 @@ from methods.core.calibration import model_inputs
 from methods.pruning.trained.base import Extra
 from methods.pruning.trained.movement import MovementPruning
 from methods.pruning.trained.structured import StructuredGradual
-from methods.core.settings import Fraction
+from methods.core.settings import Fraction, Positive
 
 
 def cls_state(out) -> torch.Tensor:
@@ -103,7 +103,7 @@ class _CAP:
 @register("cap")
 class CAP(_CAP, MovementPruning):
     smoke = ({"rate": 0.8, "interval": 2},)
-    def __init__(self, rate: Fraction = 0.9, contrast_weight: float = 0.1, tau: float = 0.1, snapshots: int = 1,
+    def __init__(self, rate: Fraction = 0.9, contrast_weight: float = 0.1, tau: Positive = 0.1, snapshots: int = 1,
                  use_pretrained: bool = True, preset: str = "cap", label: str = "CAP", ref: str = "159", **kw: Any):
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)
         self.contrast_weight, self.tau, self.snapshots, self.use_pretrained = contrast_weight, tau, snapshots, \
@@ -125,7 +125,7 @@ class CAP(_CAP, MovementPruning):
 @register("cap_structured")
 class CAPStructured(_CAP, StructuredGradual):
     smoke = ({"rate": 0.5, "interval": 2},)
-    def __init__(self, rate: Fraction = 0.9, contrast_weight: float = 0.1, tau: float = 0.1, snapshots: int = 1,
+    def __init__(self, rate: Fraction = 0.9, contrast_weight: float = 0.1, tau: Positive = 0.1, snapshots: int = 1,
                  use_pretrained: bool = True, preset: str = "cap_structured", label: str = "CAP", ref: str = "159",
                  **kw: Any):
         super().__init__(rate=rate, preset=preset, label=label, ref=ref, **kw)

@@ -171,6 +171,7 @@ class CoFi(TrainedPruning):
 @register("simple")
 class SIMPLE(CoFi):
     """SIMPLE's defaults: a decoder, no layer gates, the rate counted with the token embeddings."""
+    smoke = ({"rate": 0.5},)
 
     def __init__(self, rate: Fraction = 0.485, layers: bool = False, count_embeddings: bool = True,
                  rate_basis: str = "memory", preset: str = "simple", label: str = "SIMPLE", ref: str = "134",

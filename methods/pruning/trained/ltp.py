@@ -51,7 +51,7 @@ class Thresholds(TokenPolicy):
 @register("ltp")
 class LTP(TokenPruning):
     smoke = ({"rate": 0.5},)
-    def __init__(self, rate: Fraction = 0.505, reg: float = 10.0, mask_temperature: float = 0.1,
+    def __init__(self, rate: Fraction = 0.505, reg: float = 10.0, mask_temperature: Positive = 0.1,
                  threshold_lr_scale: Positive = 1000.0, preset: str = "ltp", label: str = "LTP", ref: str = "73",
                  **kw: Any):
         kw.setdefault("deviations", ["FLOPs-target penalty instead of the L1 penalty on the soft masks",

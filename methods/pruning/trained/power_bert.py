@@ -22,7 +22,7 @@ from methods.core.base import TrainingInputs, register
 from methods.pruning.trained.token_drop import TokenPolicy, install
 from methods.pruning.trained.token_methods import TokenPruning
 from methods.core.settings import Fraction, Positive
-from methods.core.search import bisect
+from methods.core.search import largest_meeting
 
 
 class Retention(TokenPolicy):
@@ -90,7 +90,7 @@ class PoWERBERT(TokenPruning):
             dense, kept = self.measure(model, enc, batches, device)
             return kept <= (1 - self.rate) * dense
 
-        alpha = 1.0 if meets(1.0) else bisect(lambda a: not meets(a), 0.0, 1.0, 14)[0]
+        alpha = largest_meeting(meets, 0.0, 1.0, 14)
         self.facts["retention_scale"] = alpha
         enc.policy.retention = [max(1, math.ceil(alpha * s)) for s in searched]
         model.train()

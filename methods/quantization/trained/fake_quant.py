@@ -23,7 +23,7 @@ from torch import nn
 
 from methods.core.wrapped_linears import LinearWrapper, unwrap_block_linears, wrap_block_linears
 from methods.quantization.act_quant import attach_act_quant
-from methods.core.settings import Fraction, GroupSize
+from methods.core.settings import GroupSize, Positive
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ class TernaryWeight(WeightQuantizer):
 
     bits = 2
 
-    def __init__(self, per: str = "tensor", ratio: Fraction = 0.7):
+    def __init__(self, per: str = "tensor", ratio: Positive = 0.7):
         super().__init__()
         self.per, self.ratio = per, ratio
 

@@ -36,7 +36,7 @@ from methods.core.base import TrainingInputs, register
 from methods.quantization.rptq import lloyd
 from methods.quantization.trained.fake_quant import ActQuant, UniformWeight, WeightQuantizer
 from methods.quantization.trained.qat import QATMethod
-from methods.core.settings import Bits, Count, Fraction, Seed
+from methods.core.settings import Bits, Count, Fraction, Seed, UnitInterval
 
 
 def noisy(x: torch.Tensor, xq: torch.Tensor, p: float) -> torch.Tensor:
@@ -134,7 +134,7 @@ class QuantNoise(QATMethod):
     """`p`: the fraction quantized at each training forward (fairseq's --quant-noise-scalar)."""
     smoke = ({},)
 
-    def __init__(self, p: float = 0.5, wbits: Bits = 8, abits: Bits = 8, embeddings: bool = True,
+    def __init__(self, p: UnitInterval = 0.5, wbits: Bits = 8, abits: Bits = 8, embeddings: bool = True,
                  scheme: str = "int8", block_size: Count = 8, centroids: Count = 256, noise_fraction: Fraction = 0.5,
                  preset: str = "quant_noise", **kw: Any):
         if not 0 < p <= 1:
