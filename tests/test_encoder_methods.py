@@ -133,9 +133,10 @@ def test_q8bert_weights_sit_on_the_int8_grid():
 
 @pytest.fixture
 def qa_batches(minilm, data_root):
+    from eval.settings import ModelSettings, RunSettings
     from eval.tasks.squad import SQuADDevSplit
-    task = SQuADDevSplit({"paths": {"data_root": str(data_root)}, "offline": True,
-                          "task": {"name": "squad_dev_split", "max_length": 128, "doc_stride": 64}})
+    run = RunSettings(ModelSettings("minilm", "unused"), data_root=str(data_root), offline=True)
+    task = SQuADDevSplit(run, {"name": "squad_dev_split", "max_length": 128, "doc_stride": 64})
     return task.training_batches(minilm[1], batch_size=8, seed=0, limit=16, examples=task.train_examples()[:40])
 
 
