@@ -205,54 +205,43 @@ _NOUN = {int: "an integer", float: "a number", bool: "true or false", str: "a st
 
 
 def _problem(value: Any, tp: Any) -> str | None:
-    """None where `value` fits `tp`, else what `tp` allows, in words."""
-    if tp is Any or tp is inspect.Parameter.empty:
+    """None where `value` fits `tp`, else what `tp` allows, in words (`describe`): of a union,
+    the member of the value's own type that it missed the range of."""
+    if _fits(value, tp):
         return None
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        for a in typing.get_args(tp):
+            if typing.get_origin(a) is Annotated and _fits(value, typing.get_args(a)[0]):
+                return describe(a)
+    return describe(tp)
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether `value` is of the declared type `tp`, within its range."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
-        base, *meta = args
-        rng = next((m for m in meta if isinstance(m, Range)), None)
-        problem = _problem(value, base)
-        if problem is not None:
-            return rng.describe() if rng is not None else problem
-        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and not rng.ok(value):
-            return rng.describe()
-        return None
+        rng = next((m for m in args[1:] if isinstance(m, Range)), None)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return _fits(value, args[0]) and (rng is None or not number or rng.ok(value))
     if origin in (Union, types.UnionType):
-        problems = [_problem(value, a) for a in args]
-        if any(p is None for p in problems):
-            return None
-        for a, p in zip(args, problems):   # the member of the value's own type names the range it missed
-            if typing.get_origin(a) is Annotated and _problem(value, typing.get_args(a)[0]) is None:
-                return p
-        return " or ".join(dict.fromkeys(p for p in problems if p))
+        return any(_fits(value, a) for a in args)
     if origin is Literal:
-        return None if value in args else "one of " + ", ".join(map(repr, args))
+        return value in args
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else _NOUN[float]
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if tp is int:
-        ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-        return None if ok else _NOUN[int]
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
     if tp in (bool, str, type(None)):
-        return None if isinstance(value, tp) else _NOUN[tp]
+        return isinstance(value, tp)
     container = origin or tp
     if container in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            return "a list"
+            return False
         if container is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                return f"a list of {len(args)}"
-            items = zip(value, args)
-        else:
-            items = ((v, args[0]) for v in value) if args else ()
-        bad = next((p for v, a in items if (p := _problem(v, a)) is not None), None)
-        return None if bad is None else f"a list, each {bad}"
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
     if container in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            return "a mapping"
-        if len(args) == 2:
-            bad = next((p for v in value.values() if (p := _problem(v, args[1])) is not None), None)
-            return None if bad is None else f"a mapping, each value {bad}"
-        return None
-    return None   # any other class: the constructor's to check
+        return isinstance(value, dict) and (len(args) != 2 or all(_fits(v, args[1]) for v in value.values()))
+    return True   # any other class: the constructor's to check
