@@ -19,7 +19,7 @@ export HF_DATASETS_OFFLINE ?= 1
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data model demo test test-fast test-durations table3 table5 table2 table4 table6 table7 table2-high-cost \
+.PHONY: install data model tex demo test test-fast test-durations table3 table5 table2 table4 table6 table7 table2-high-cost \
         table3-trained table4-trained table5-trained bench bench-kernels bench-train show-env clean
 
 $(STAMP): pyproject.toml
@@ -126,8 +126,17 @@ table7: model
 PYTEST = start=$$(date +%s); $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=15 \
 	$(1) $(ARGS); rc=$$?; echo "wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
 
-test: model
-	@$(call PYTEST,)
+# pdflatex, with which the tests typeset every published table (tests/test_latex.py): the Debian
+# packages where it is missing (as root, or with sudo where that works without a password)
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended poppler-utils
+tex:
+	@command -v pdflatex >/dev/null && command -v pdftoppm >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $(TEX_PACKAGES) >/dev/null; }
+
+test: model tex
+	@export COMPBENCH_NEEDS_TEX=1; $(call PYTEST,)
 
 test-durations: model
 	@$(call PYTEST,--record-durations)

@@ -42,7 +42,7 @@ def finetune(model_path: str, task, ft: dict[str, Any], out: Path, device: torch
     # one seed for the head and dropout, and the for-loop AdamW: the fine-tunes made before the
     # shared trainer (the shipped teacher, cached baselines) come out bit for bit the same
     checkpoints = checkpoints or out.with_name(out.name + ".checkpoints")
-    trainer = Trainer(tc, device, checkpoints, progress=True, fused=False)
+    trainer = Trainer(tc, device, checkpoints, progress=task.run.progress, fused=False)
     fit = trainer.fit(
         model, lambda epoch: task.training_batches(tokenizer, tc.batch_size, tc.seed + epoch, tc.max_train_features),
         label_loss, seed_rng=False)

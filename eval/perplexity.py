@@ -6,7 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from methods.core.progress import bar
 
 PPL_LIMIT = 1e4  # above this (or NaN/inf) a result is flagged, never averaged into a table
 
@@ -28,7 +29,7 @@ def perplexity(model, ids: torch.Tensor, seqlen: int, batch_size: int = 8,
     """Evaluate `model` on `ids`; returns ppl, mean NLL, window and token counts, and flags."""
     wins = windows(ids, seqlen, max_windows)
     nll = torch.zeros((), dtype=torch.float64)
-    for i in tqdm(range(0, wins.shape[0], batch_size), desc=desc, disable=not progress):
+    for i in bar(range(0, wins.shape[0], batch_size), desc=desc, enabled=progress):
         batch = wins[i:i + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
         for b in range(batch.shape[0]):  # one sequence at a time bounds the fp32 copy of the logits

@@ -42,6 +42,7 @@ from methods.core.apply import apply_method
 from methods.core.base import CompressionResult, Kind, Method, TrainedMethod, TrainingInputs
 from methods.core.calibration import to_device
 from methods.core.model_facts import measure
+from methods.core.progress import library_bars
 from methods.core import speedup
 from methods.training.checkpoints import UnsafeCheckpoint
 from methods.training.trainer import TrainConfig, Trainer
@@ -312,7 +313,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Execute one run described by a resolved config dict; returns its record."""
     t_start = time.perf_counter()
     p = plan(cfg)
-    with thread_count(p.run.threads):
+    with thread_count(p.run.threads), library_bars(p.run.progress):
         return _run(p, t_start)
 
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from eval.pipeline import USER_ERRORS, run  # noqa: E402
 from eval.validate import ConfigError, check_overrides  # noqa: E402
 from tables.speedups import speedup_of  # noqa: E402
+
+log = logging.getLogger("compbench")
+
+
+def say(line: str) -> None:
+    """The run's summary line: into the job's log (Hydra's job logging writes <job>.log, run.log) and
+    once on stdout, where Hydra's default console handler already writes every log line."""
+    log.info(line)
+    if not any(getattr(h, "stream", None) is sys.stdout for h in logging.getLogger().handlers):
+        print(line)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -35,7 +46,7 @@ def main(cfg: DictConfig) -> None:
                                    for ds, m in record["metrics"].items() if "ppl" in m)
     s = speedup_of(record)
     speed = f", speedup {s.shown}x ({s.basis})" if s else ""
-    print(f"{head}, {score}{speed}")
+    say(f"{head}, {score}{speed}")
 
 
 if __name__ == "__main__":

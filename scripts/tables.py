@@ -14,6 +14,17 @@ from omegaconf import DictConfig  # noqa: E402
 from tables.build import TABLES, built_tables, write  # noqa: E402
 
 
+def render(tex: Path) -> Path:
+    """The one-column table typeset in an article and saved as <key>.png beside it."""
+    import tempfile
+    from tables.typeset import to_png, typeset
+    with tempfile.TemporaryDirectory() as tmp:
+        done = typeset(tex, Path(tmp))
+        if done.overfull_pt:
+            print(f"warning: {tex} is wider than its column by {max(done.overfull_pt):.1f} pt", file=sys.stderr)
+        return to_png(done.pdf, tex.with_suffix(".png"))
+
+
 @hydra.main(config_path="../conf", config_name="tables", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     results = Path(cfg.paths.results)
@@ -22,9 +33,11 @@ def main(cfg: DictConfig) -> None:
     except ValueError as err:
         sys.exit(f"error: {err}")
     for key, df in tables.items():
-        csv, tex = write(TABLES[key], df, results / "tables")
+        csv, tex, wide = write(TABLES[key], df, results / "tables")
         n = int((df["source"] == "reproduced").sum())
-        print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}")
+        print(f"{key}: {len(df) - n} reported + {n} reproduced rows -> {csv}, {tex}, {wide}")
+        if cfg.render:
+            print(f"  rendered: {render(tex)}")
         if cfg.print:
             cols = ["source", "method", "preset", "plm", "granularity", "uniform", "distill_source", "layer_matching",
                     "target", "comp_rate", "ppl_plm", "ppl_compressed", "delta_ppl", "mnli", "qqp", "squad", "avg",

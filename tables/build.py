@@ -13,9 +13,12 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from tables.collect import Collection
 
 from tables.speedups import speedup_of
 
@@ -127,11 +130,25 @@ def gather(results: str | Path, include: Iterable[str | Path] = ()) -> list[dict
     """The valid records under `results`/runs and every included record set (named relative to the
     project or the current directory), each identity once. Corrupt files, missing sets and
     conflicting duplicates are reported on stderr with their paths and left out (tables/collect.py)."""
+    return list(_collected(results, include).records.values())
+
+
+def _collected(results: str | Path, include: Iterable[str | Path]) -> "Collection":
     from tables.collect import collect
     found = collect([results, *include], must_exist=include)
     for line in found.report():
         print(f"warning: {line}", file=sys.stderr)
-    return list(found.records.values())
+    return found
+
+
+def record_sets(paths: dict[str, Path]) -> dict[str, str]:
+    """Each record's set: the folder holding its runs/, relative to the project where it lies inside."""
+    from eval.provenance import REPO_ROOT
+    out = {}
+    for rid, path in paths.items():
+        folder = Path(path).resolve().parent.parent
+        out[rid] = str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
+    return out
 
 
 def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str | Path] = (),
@@ -142,7 +159,8 @@ def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str
     unknown = [t for t in keys if t not in TABLES]
     if unknown:
         raise ValueError(f"unknown table(s) {unknown}; available: {', '.join(TABLES)}")
-    records = gather(results, include)
+    found = _collected(results, include)
+    records, sets = list(found.records.values()), record_sets(found.paths)
     if warn:
         for rid, why in unplaced(records):
             print(f"warning: record {rid} is in no table: {why}", file=sys.stderr)
@@ -151,7 +169,7 @@ def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str
             if n:
                 print(f"warning: {n} partial-protocol record(s) left out of the tables (include_partial=true "
                       f"shows them, marked)", file=sys.stderr)
-    return {key: build_table(TABLES[key], records, include_partial) for key in keys}
+    return {key: build_table(TABLES[key], records, include_partial, sets) for key in keys}
 
 
 def unplaced(records: Iterable[dict]) -> list[tuple[str, str]]:
@@ -201,7 +219,51 @@ def _granularity(record: dict, meta: RowMeta) -> str:
     return meta.granularity or record["compression"]["granularity"]
 
 
-def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
+def rate_counted_as(record: dict) -> str:
+    """How the record's rate is counted, in words, from what its compression result says."""
+    comp = record["compression"]
+    basis, kind = comp.get("rate_basis", "memory"), comp["kind"]
+    if kind == "quantized":
+        base = comp.get("rate_base_bits", 16)
+        if "overhead_comp_rate" in comp:
+            return f"1 − nominal bits / {base} bits (the paper's count; with statistics: CSV overhead_comp_rate)"
+        return f"1 − stored bits / {base} bits, over the quantized linears"
+    if kind in ("unstructured", "n:m"):
+        return "zero fraction of the compressed linears"
+    return {"flops": "fraction of the FLOPs removed", "layers": "fraction of the teacher's layers removed",
+            "linears": "parameters removed from the factorised linears",
+            "adaptor": "adaptor parameters / model parameters"}.get(basis, "fraction of the parameters removed")
+
+
+def _thousands(n: int) -> str:
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+def task_column(record: dict) -> dict[str, str]:
+    """The column an encoder record's score stands in: its task's survey column where it ran that
+    task itself; a variant of it (squad_dev_split for squad) gets its own column, named for the
+    variant and, where it scored a part of its evaluation set, for the number scored."""
+    col, task = record["protocol"]["column"], record["task"]
+    if task == col["key"]:
+        return col
+    words = task[len(col["key"]) + 1:] if task.startswith(col["key"] + "_") else task
+    detail = [words.replace("_", " ")]
+    if is_partial(record):
+        sizes = [m.get("examples") for m in (record["metrics"].get(task) or {}).values() if isinstance(m, dict)]
+        detail += [_thousands(n) for n in sizes if n]
+    return {**col, "key": task, "header": f"{col['header']} ({', '.join(detail)})", "slot": col["key"]}
+
+
+def baseline_score(record: dict, by_id: dict[str, dict]) -> float:
+    """The fine-tuned model's score on the record's task: its dense record's, else the record's own
+    score less its Δ."""
+    dense = by_id.get(record.get("dense_id", ""))
+    if dense is not None and dense.get("headline") is not None:
+        return float(dense["headline"])
+    return float(record["headline"] - record["delta"])
+
+
+def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict], sets: dict[str, str]) -> dict:
     meta = row_meta(record, spec.key)
     dense = by_id.get(record.get("dense_id", ""))
     cfg = record["config"]
@@ -218,18 +280,21 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict]) -> dict:
         "bits": _bits_label(comp), "group_size": comp.get("group_size"),
         "bits_per_weight": comp.get("bits_per_weight"),
         "comp_rate": round(comp["comp_rate"], 4), "model_comp_rate": round(comp["model_comp_rate"], 4),
+        "rate_counted_as": rate_counted_as(record),
         "ppl_plm": _ppl(dense, "wikitext2"), "ppl_compressed": _ppl(record, "wikitext2"),
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
         **_speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "protocol": record["protocol"]["name"], "partial": _partial(record),
-        "record": record["id"], "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
+        "record": record["id"], "record_set": sets.get(record["id"], ""),
+        "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
         **_training(record), **meta.columns,
     }
 
 
-def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
+def _encoder_rows(spec: TableSpec, records: list[dict], by_id: dict[str, dict], sets: dict[str, str]) -> list[dict]:
     """One row per (model, method config, recipe): the Δ (%p, compressed − fine-tuned baseline)
-    of each task in its column, Avg over the tasks present."""
+    of each task in its column, Avg over the survey's tasks present (a variant's column stays out
+    of it), and the baseline each Δ is taken against."""
     rows: dict[str, dict] = {}
     for r in records:
         task = r["task"]
@@ -240,14 +305,17 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
             "source": "reproduced", "method": meta.label, "ref": meta.ref, "preset": r["preset"],
             "plm": r["config"]["model"]["name"],
             "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
-            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"], **_speedup(r),
-            "hardware": r["hardware"]["name"], "protocol": [], "partial": [], "record": [], "note": [], "flags": "",
-            **_training(r), **meta.columns})
+            "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"],
+            "rate_counted_as": rate_counted_as(r), **_speedup(r),
+            "hardware": r["hardware"]["name"], "protocol": [], "partial": [], "record": [], "record_set": [],
+            "baseline": [], "note": [], "flags": "", **_training(r), **meta.columns})
         for item in comp.get("not_run") or []:
             row["note"].append(f"not run: {item}")
-        column = r["protocol"]["column"]
+        column = task_column(r)
         row[column["key"]] = round(r["delta"], 2)
+        row["baseline"].append(f"{column['header']} {column['metric']} {baseline_score(r, by_id):.2f}")
         row["record"].append(r["id"])
+        row["record_set"].append(sets.get(r["id"], ""))
         if column["note"]:
             row["note"].append(column["note"])
         row["protocol"].append(r["protocol"]["name"])
@@ -257,6 +325,8 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
         deltas = [row[c] for c, _ in SURVEY_TASKS if row.get(c) is not None]
         row["avg"] = round(sum(deltas) / len(deltas), 2) if deltas else None
         row["record"] = ";".join(row["record"])
+        row["record_set"] = ";".join(dict.fromkeys(row["record_set"]))
+        row["baseline"] = "; ".join(row["baseline"])
         row["note"] = "; ".join(dict.fromkeys(row["note"]))
         row["protocol"] = "; ".join(dict.fromkeys(row["protocol"]))
         row["partial"] = "; ".join(dict.fromkeys(row["partial"]))
@@ -266,7 +336,12 @@ def _encoder_rows(spec: TableSpec, records: list[dict]) -> list[dict]:
 
 def task_headers(records: Iterable[dict]) -> dict[str, str]:
     """The task columns of encoder records, {key: header}, in the order the records name them."""
-    return {c["key"]: c["header"] for r in records if (c := r["protocol"]["column"])}
+    return {c["key"]: c["header"] for r in records if r["protocol"]["column"] and (c := task_column(r))}
+
+
+def task_slots(records: Iterable[dict]) -> dict[str, str]:
+    """{variant column: the survey column it is a variant of} (squad_dev_split: squad)."""
+    return {c["key"]: c["slot"] for r in records if r["protocol"]["column"] and "slot" in (c := task_column(r))}
 
 
 def _training(record: dict) -> dict[str, Any]:
@@ -316,7 +391,14 @@ def reported(spec: TableSpec) -> pd.DataFrame:
     return df
 
 
-def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
+def _own_delta(row: dict) -> float | None:
+    """Compressed minus its own dense perplexity (a flagged or partial run's: none)."""
+    if row["flags"] or row["partial"] or row["ppl_compressed"] is None or row["ppl_plm"] is None:
+        return None
+    return float(row["ppl_compressed"] - row["ppl_plm"])
+
+
+def _vs_reported(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     """Reproduced minus reported perplexity where method, model, granularity (or uniformity)
     and rate match."""
     if row["flags"] or row["partial"] or row["ppl_compressed"] is None:
@@ -329,21 +411,23 @@ def _delta(row: dict, rep: pd.DataFrame, kind_column: str) -> float | None:
     return float(row["ppl_compressed"] - same.iloc[0]["ppl_compressed"])
 
 
-def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool = False) -> pd.DataFrame:
+def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool = False,
+                sets: dict[str, str] | None = None) -> pd.DataFrame:
     """The reported rows of `spec` followed by one reproduced row per record it takes (partial-
-    protocol records only with `include_partial`, their shortfalls in the `partial` column)."""
-    records = list(records)
+    protocol records only with `include_partial`, their shortfalls in the `partial` column);
+    `sets`: the record set each record was read from (`record_set`)."""
+    records, sets = list(records), sets or {}
     by_id = {r["id"]: r for r in records}
     mine = [r for r in records if belongs(spec, r) and (include_partial or not is_partial(r))]
     rep = reported(spec)
-    provenance = ["protocol", "partial", "hardware", "record", "flags"]
+    provenance = ["protocol", "partial", "hardware", "record", "record_set", "flags"]
     if spec.encoder:
-        rows = _encoder_rows(spec, mine)
+        rows = _encoder_rows(spec, mine, by_id, sets)
         headers = task_headers(mine)
         extra = [c for c in ("preset", "plm") if c not in rep.columns]
         extra += [c for c in ("speedup",) if c not in rep.columns] + SPEEDUP_COLUMNS
         trained = spec.key in ("table6", "table7") or any(r.get("training") for r in mine)
-        extra += (TRAINING_COLUMNS if trained else []) + provenance
+        extra += ["rate_counted_as", "baseline"] + (TRAINING_COLUMNS if trained else []) + provenance
         columns = list(rep.columns)
         new = [c for c in headers if c not in columns]       # a task the reported table has no column for
         at = columns.index("avg") if "avg" in columns else len(columns)
@@ -354,13 +438,17 @@ def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool 
         repro = repro.sort_values(["plm", "method", "comp_rate", "record"], kind="stable")
         out = pd.concat([rep, repro.astype(object)], ignore_index=True)[columns + extra]
         out.attrs["task_headers"] = {key: header for key, header in headers.items() if key in new}
+        out.attrs["task_slots"] = {key: slot for key, slot in task_slots(mine).items() if key in new}
         return out
-    rows = [_decoder_row(spec, r, by_id) for r in mine]
+    rep = rep.assign(delta_ppl=pd.to_numeric(rep["ppl_compressed"], errors="coerce")
+                     - pd.to_numeric(rep["ppl_plm"], errors="coerce"))
+    rows = [_decoder_row(spec, r, by_id, sets) for r in mine]
     for row in rows:
-        row["delta_ppl"] = _delta(row, rep, spec.kind_column)
+        row["delta_ppl"] = _own_delta(row)
+        row["vs_reported"] = _vs_reported(row, rep, spec.kind_column)
     quant = ["bits", "group_size", "bits_per_weight"] if spec.kind_column == "uniform" else []
     extra = [c for c in ("preset",) if c not in rep.columns]
-    extra += ["delta_ppl", *SPEEDUP_COLUMNS, "model_comp_rate", *quant,
+    extra += ["vs_reported", *SPEEDUP_COLUMNS, "model_comp_rate", "rate_counted_as", *quant,
               "c4_ppl_plm", "c4_ppl_compressed", "seqlen", *provenance]
     if any(r.get("training") for r in mine):
         extra += TRAINING_COLUMNS
@@ -368,33 +456,6 @@ def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool 
     if not repro.empty:
         repro = repro.sort_values(["plm", spec.kind_column, "comp_rate", "method", "record"], kind="stable")
     return pd.concat([rep, repro.astype(object)], ignore_index=True) if not repro.empty else rep
-
-
-# ---------------------------------------------------------------------------------------------
-# LaTeX
-# ---------------------------------------------------------------------------------------------
-
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
-
-
-def _cell(key: str, value: Any, digits: int | None) -> str:
-    if _missing(value):
-        return "--"
-    if key == "ref":
-        return f"[{latex_escape(str(value))}]"
-    if digits is not None:
-        value = float(value)
-        return f"{value:.1e}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
-    return latex_escape(str(value))
 
 
 def added_task_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -410,66 +471,12 @@ def added_task_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
     return [(key, headers.get(key, key)) for key in columns[last + 1:end]]
 
 
-def to_latex(spec: TableSpec, df: pd.DataFrame) -> str:
-    if spec.encoder:
-        describe = spec.describe or (("PLM", "plm"), ("Gran." if spec.kind_column == "granularity" else "Uniform",
-                                                       spec.kind_column))
-        tasks = [*SURVEY_TASKS, *added_task_columns(df)]
-        cols = [("Method", "method", None), ("Ref.", "ref", None), *((h, k, None) for h, k in describe),
-                ("Rate", "comp_rate", 3), *((h, k, 2) for k, h in tasks),
-                ("Avg", "avg", 2), ("Speedup", "speedup", 2), ("Record", "record", None)]
-        return _latex(spec, df, cols)
-    cols = [("Method", "method", None), ("Ref.", "ref", None), ("PLM", "plm", None),
-            ("Gran." if spec.kind_column == "granularity" else "Uniform", spec.kind_column, None),
-            ("Rate", "comp_rate", 3), ("PPL (PLM)", "ppl_plm", 2),
-            ("PPL (comp.)", "ppl_compressed", 2), ("$\\Delta$", "delta_ppl", 2), ("Speedup", "speedup", 2),
-            ("Record", "record", None)]
-    return _latex(spec, df, cols)
-
-
-def _latex(spec: TableSpec, df: pd.DataFrame, cols: list[tuple[str, str, int | None]]) -> str:
-    head = " & ".join(h if h.startswith("$") else latex_escape(h) for h, _, _ in cols) + r" \\"
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{latex_escape(spec.caption)}}}", rf"\label{{tab:{spec.key}}}",
-             r"\begin{tabular}{" + "l" * 4 + "r" * (len(cols) - 5) + "l}", r"\toprule", head]
-    partial = False
-    for source in ("reported", "reproduced"):
-        part = df[df["source"] == source]
-        if part.empty:
-            continue
-        lines += [r"\midrule", rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{source}}}}} \\"]
-        for _, row in part.iterrows():
-            cells = [_cell(key, row.get(key), digits) for _, key, digits in cols]
-            if source == "reproduced" and row.get("speedup_claim") == "≈1":
-                cells[[k for _, k, _ in cols].index("speedup")] = r"$\approx$1"
-            if source == "reproduced" and isinstance(row.get("partial"), str) and row["partial"]:
-                cells[0] += r"$^\ast$"
-                partial = True
-            device = row.get("speedup_device")
-            if source == "reproduced" and isinstance(device, str) and device:
-                i = [k for _, k, _ in cols].index("speedup")
-                cells[i] += r"\,{\scriptsize " + device.rsplit("(", 1)[-1].rstrip(")") + "}"
-            if source == "reproduced" and isinstance(row.get("flags"), str) and row["flags"] and not spec.encoder:
-                cells[6] += r"$^\dagger$"
-            lines.append(" & ".join(cells) + r" \\")
-    note = (r"\par\footnotesize Reproduced rows: task columns are differences (\%p) to the fine-tuned model; "
-            r"rate as in the survey (FLOPs-based where marked in the CSV); Speedup measured on the CPU or GPU "
-            r"named beside it (device and basis in the CSV); Record = results/runs/<id>.json."
-            if spec.encoder else
-            r"\par\footnotesize Reproduced rows: rate = zero fraction of the compressed linears (pruning) or "
-            r"1 - stored bits / 16 bits (quantization); $\dagger$ = flagged (non-finite or $>10^4$ perplexity); "
-            r"Speedup measured on the CPU or GPU named beside it (device and basis in the CSV); "
-            r"Record = results/runs/<id>.json.")
-    note += (r" Speedup = median of interleaved passes, $\approx$1 where their interquartile range includes 1.")
-    if partial:
-        note += r" $^\ast$ = partial protocol (what was cut: CSV column `partial`)."
-    lines += [r"\bottomrule", r"\end{tabular}", note, r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def write(spec: TableSpec, df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
+def write(spec: TableSpec, df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path, Path]:
+    """The table's CSV, its one-column LaTeX (<key>.tex) and its two-column-spanning variant (<key>_wide.tex)."""
+    from tables.latex import to_latex
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv, tex = out_dir / f"{spec.key}.csv", out_dir / f"{spec.key}.tex"
+    csv, tex, wide = out_dir / f"{spec.key}.csv", out_dir / f"{spec.key}.tex", out_dir / f"{spec.key}_wide.tex"
     df.to_csv(csv, index=False)
     tex.write_text(to_latex(spec, df))
-    return csv, tex
+    wide.write_text(to_latex(spec, df, wide=True))
+    return csv, tex, wide

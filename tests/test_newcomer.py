@@ -156,7 +156,8 @@ def test_a_newcomers_task_gets_its_own_column_in_its_table(toy_task, tmp_path):
     from conftest import base_config, minilm_path
     from eval.pipeline import run
     from eval.records import RecordStore
-    from tables.build import TABLES, build_table, to_latex
+    from tables.build import TABLES, build_table
+    from tables.latex import to_latex
     model_dir = tmp_path / "tiny-bert"
     tok = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)

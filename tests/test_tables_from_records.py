@@ -34,7 +34,7 @@ def test_tables_build_without_methods_or_kernels_importable_and_the_same(tmp_pat
     _build(tmp_path / "blocked", block=True)
     _build(tmp_path / "normal", block=False)
     files = sorted(p.name for p in (tmp_path / "normal").iterdir() if p.is_file())
-    assert len(files) == 12
+    assert len(files) == 18      # six tables: CSV, one-column and wide LaTeX
     for name in files:
         assert (tmp_path / "blocked" / name).read_bytes() == (tmp_path / "normal" / name).read_bytes(), name
 
@@ -83,7 +83,8 @@ def test_speedup_cell_shows_about_one_where_the_spread_includes_one():
 def test_a_four_window_run_is_out_of_the_tables_unless_asked_and_then_marked(shared_results):
     from conftest import base_config
     from eval.pipeline import run
-    from tables.build import TABLES, build_table, to_latex
+    from tables.build import TABLES, build_table
+    from tables.latex import to_latex
     from tables.verify import Checker
 
     rec = run(base_config(shared_results, method="magnitude", **{"eval.max_windows": 4}))

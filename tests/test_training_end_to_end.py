@@ -52,7 +52,8 @@ def test_svd_factorisation_is_smaller_and_recorded(svd):
 @pytest.mark.e2e
 def test_tables_6_and_7_take_the_records(distilled, svd):
     """The claim's distilled student (its runs reach every stage of a trained run) and SVD."""
-    from tables.build import TABLES, build_table, to_latex
+    from tables.build import TABLES, build_table
+    from tables.latex import to_latex
 
     kd, records = distilled["distilbert"], [distilled["distilbert"], svd]
     assert kd["training"]["steps"] == STEPS and kd["compression"]["student_layers"] == 3

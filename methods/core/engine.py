@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from methods.core import stats as stats_mod
 from methods.core.arch import Family
 from methods.core.base import LayerwiseMethod
 from methods.core.calibration import CalibrationData
 from methods.core.hooks import forward_hooks
+from methods.core.progress import bar
 
 # (hidden states, (other positional args, keyword args)) of one calibration batch
 Batch = tuple[torch.Tensor, tuple[tuple, dict[str, Any]]]
@@ -102,7 +102,7 @@ class Session:
         then feed its outputs to the next block: those of the changed block, or with
         `propagate_changed=False` those it had before `visit`. Leaves `self.inputs` intact."""
         inputs = self.inputs
-        for i, block in enumerate(tqdm(self.blocks, desc=desc, disable=not self.progress)):
+        for i, block in enumerate(bar(self.blocks, desc=desc, enabled=self.progress)):
             home = next(block.parameters()).device
             block.to(self.device)
             last = i + 1 == len(self.blocks)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from methods.core.progress import bar as progress_bar
 from methods.training import checkpoints
 
 log = logging.getLogger("compbench")
@@ -222,7 +223,7 @@ class Trainer:
             return epoch_batches[epoch][pos]
 
         flops_per_token = None
-        bar = self._bar(total, state["step"])
+        bar = progress_bar(total=total, initial=state["step"], desc="train", enabled=self.progress)
         last_loss = None
         t_seg = time.perf_counter()
         try:
@@ -253,10 +254,10 @@ class Trainer:
                 if on_step is not None:
                     on_step(step + 1)
                 opt.zero_grad(set_to_none=True)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}",
+                if self.progress:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False,
                                     **{k: f"{float(v):.3f}" for k, v in parts.items()})
+                bar.update(1)
                 if c.eval_every and evaluate is not None and (step + 1) % c.eval_every == 0:
                     best_weights = self._evaluate(model, evaluate, state, best_weights)
                 if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < total:
@@ -264,8 +265,7 @@ class Trainer:
                     t_seg = time.perf_counter()
                     self._save(model, opt, sched, scaler, state, best_weights)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         state["wall_s"] += time.perf_counter() - t_seg
         if c.keep_best and best_weights is not None:
             model.load_state_dict(best_weights)
@@ -283,12 +283,6 @@ class Trainer:
         return result
 
     # ---- pieces --------------------------------------------------------------------------------
-    def _bar(self, total: int, start: int):
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-        return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, leave=False)
-
     def _count_flops(self, model, teacher, loss, batch, autocast) -> float:
         """FLOPs of one training micro-batch (teacher forward, student forward and backward),
         counted by torch's FLOP counter on a copy of the RNG state, gradients discarded."""
