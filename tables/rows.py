@@ -2,7 +2,7 @@
 
 A spec names the model config and method preset with the row's setting (`overrides`), the
 tasks and protocol it is scored on, how its rate is counted (`rate`, which recomputes the
-survey's figure), the tolerance within which a reproduction counts, and whether it can run at
+survey's figure), the tolerance within which a reproduction counts (tables/verify.py), and whether it can run at
 all (`status`: runnable, or why not). The claimed figures themselves stay in tables/reported/:
 a spec is joined to its row by `id` = "<method>@<plm>@<rate>" (with "#2" on a repeated row)."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ class RowSpec:
     preset: str                       # conf/method/<preset>.yaml
     tasks: tuple[str, ...]            # lm (WikiText-2 perplexity) or mnli / qqp / squad
     rate: dict[str, Any]              # how the survey's rate is counted (see `rate_value`)
-    tolerance: dict[str, float]       # {"rel": r} on perplexity or {"abs": a} on %p
+    tolerance: dict[str, Any]         # {"effect": f, "floor": {...}} (perplexity) or {"abs": a, "floor": {...}} (%p)
     protocol: str                     # what the figure is measured on
     delta: str                        # how Δ is computed
     overrides: dict[str, Any] = field(default_factory=dict)
