@@ -11,7 +11,8 @@ import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tables.build import TABLES, built_tables, write  # noqa: E402
+from tables.build import TABLES, built_tables  # noqa: E402
+from tables.files import write  # noqa: E402
 
 
 def render(tex: Path) -> Path:

@@ -469,14 +469,3 @@ def added_task_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
     end = columns.index("avg") if "avg" in columns else last + 1
     headers = df.attrs.get("task_headers", {})
     return [(key, headers.get(key, key)) for key in columns[last + 1:end]]
-
-
-def write(spec: TableSpec, df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path, Path]:
-    """The table's CSV, its one-column LaTeX (<key>.tex) and its two-column-spanning variant (<key>_wide.tex)."""
-    from tables.latex import to_latex
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv, tex, wide = out_dir / f"{spec.key}.csv", out_dir / f"{spec.key}.tex", out_dir / f"{spec.key}_wide.tex"
-    df.to_csv(csv, index=False)
-    tex.write_text(to_latex(spec, df))
-    wide.write_text(to_latex(spec, df, wide=True))
-    return csv, tex, wide

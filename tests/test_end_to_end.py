@@ -14,7 +14,8 @@ import pytest
 from conftest import DATA_ROOT, DECODER, ROOT, base_config
 from eval.records import TMP_PREFIX, RecordStore
 from eval.pipeline import run
-from tables.build import TABLES, build_table, write
+from tables.build import TABLES, build_table
+from tables.files import write
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from tables.build import TABLES, build_table, built_tables, gather, write
+from tables.build import TABLES, build_table, built_tables, gather
+from tables.files import write
 from tables.latex import number, to_latex
 
 PUBLISHED = {"results/tiny-llama-wt2": ["table3", "table5"], "results/minilm-l6": ["table2", "table4", "table6", "table7"]}

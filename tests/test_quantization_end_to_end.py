@@ -7,7 +7,8 @@ import pytest
 from conftest import DECODER, base_config
 from eval.records import RecordStore
 from eval.pipeline import run
-from tables.build import TABLES, build_table, write
+from tables.build import TABLES, build_table
+from tables.files import write
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,8 @@ import sys
 {"sys.modules['methods'] = None; sys.modules['kernels'] = None" if block else ""}
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from tables.build import TABLES, built_tables, write
+from tables.build import TABLES, built_tables
+from tables.files import write
 for key, df in built_tables(list(TABLES), {str(out / "none")!r}, {PUBLISHED!r}, include_partial=True).items():
     write(TABLES[key], df, Path({str(out)!r}))
 assert ('methods' in sys.modules and sys.modules['methods'] is None) == {block}
