@@ -65,7 +65,7 @@ def test_table3_holds_reported_and_reproduced_rows(grid, ppl, tmp_path):
     records = list(grid.values())
     assert len({r["dense_id"] for r in records if r["kind"] == "compressed"}) == 1   # one dense baseline
     df = build_table(TABLES["table3"], records, include_partial=True)
-    csv, tex = write(TABLES["table3"], df, tmp_path)
+    csv, tex, wide = write(TABLES["table3"], df, tmp_path)
     table = pd.read_csv(csv)
     reported = table[table["source"] == "reported"]
     repro = table[table["source"] == "reproduced"]
@@ -78,7 +78,7 @@ def test_table3_holds_reported_and_reproduced_rows(grid, ppl, tmp_path):
     # the 32-window records are partial: out of the table unless asked for, then marked
     assert row["partial"] == "eval.max_windows=16; calib.nsamples=16 < 128" and pd.isna(row["delta_ppl"])
     assert not (build_table(TABLES["table3"], records)["source"] == "reproduced").any()
-    assert "\\toprule" in tex.read_text() and row["record"] in tex.read_text()
+    assert "\\toprule" in tex.read_text() and row["record"][:6] in tex.read_text() and row["record"] in wide.read_text()
 
 
 def _sweep(results, *extra):

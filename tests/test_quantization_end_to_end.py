@@ -66,7 +66,7 @@ def test_table5_holds_reported_and_reproduced_rows(results, tmp_path):
     # the 8-bit records of the test above (reused: same configs), or made here when run alone
     mine = [run(base_config(results, method=m, **{"method.wbits": 8}, **DECODER)) for m in ("rtn", "gptq")]
     records = [*mine, RecordStore(results).load(mine[0]["dense_id"])]
-    csv, _ = write(TABLES["table5"], build_table(TABLES["table5"], records, include_partial=True), tmp_path)
+    csv, _, _ = write(TABLES["table5"], build_table(TABLES["table5"], records, include_partial=True), tmp_path)
     table = pd.read_csv(csv)
     assert (table["source"] == "reported").sum() == 14
     repro = table[table["source"] == "reproduced"]

@@ -57,5 +57,5 @@ def test_table_2_takes_the_trained_rows_with_preset_and_cost(shared_results):
     mine = t2[t2["source"] == "reproduced"]
     assert set(mine["method"]) == {"MvP", "GMP"}
     row = mine[mine["method"] == "MvP"].iloc[0]
-    assert row["squad"] == pytest.approx(runs["mvp"]["delta"], abs=0.01) and row["cost"] == "high"
+    assert row["squad_dev_split"] == pytest.approx(runs["mvp"]["delta"], abs=0.01) and row["cost"] == "high"
     assert row["train_steps"] == STEPS and row["preset"] == "mvp"

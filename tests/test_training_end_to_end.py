@@ -62,7 +62,7 @@ def test_tables_6_and_7_take_the_records(distilled, svd):
     assert list(mine["method"]) == ["DistilBERT"]
     row = mine.iloc[0]
     assert row["distill_source"] == "L" and row["layer_matching"] == "none" and row["preset"] == "distilbert"
-    assert row["squad"] == pytest.approx(kd["delta"], abs=0.01) and row["train_steps"] == STEPS
+    assert row["squad_dev_split"] == pytest.approx(kd["delta"], abs=0.01) and row["train_steps"] == STEPS
     t7 = build_table(TABLES["table7"], records, include_partial=True)
     assert list(t7[t7["source"] == "reproduced"]["method"]) == ["SVD"]
     assert "DistilBERT" in to_latex(TABLES["table6"], t6) and "SVD" in to_latex(TABLES["table7"], t7)
