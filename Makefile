@@ -19,7 +19,7 @@ export HF_DATASETS_OFFLINE ?= 1
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data model tex demo test test-fast test-durations table3 table5 table2 table4 table6 table7 table2-high-cost \
+.PHONY: install data model tex demo findings test test-fast test-durations table3 table5 table2 table4 table6 table7 table2-high-cost \
         table3-trained table4-trained table5-trained bench bench-kernels bench-train show-env clean
 
 $(STAMP): pyproject.toml
@@ -143,6 +143,13 @@ test-durations: model
 
 test-fast: model
 	@$(call PYTEST,-m "not e2e and not claims")
+
+# The survey's conclusions checked on the published records (conf/claims/; docs/findings.md):
+# findings.{csv,md,tex} beside each set's tables, cost plots beside its plots
+findings: install
+	$(PY) scripts/findings.py paths.results=results/tiny-llama-wt2 "include=[]" "tables=[table3,table5]"
+	$(PY) scripts/findings.py paths.results=results/minilm-l6 "include=[]" include_partial=true \
+	  "tables=[table2,table4,table6,table7]"
 
 # what every target runs with (HUB=1: online)
 show-env:

@@ -142,13 +142,9 @@ def _collected(results: str | Path, include: Iterable[str | Path]) -> "Collectio
 
 
 def record_sets(paths: dict[str, Path]) -> dict[str, str]:
-    """Each record's set: the folder holding its runs/, relative to the project where it lies inside."""
-    from eval.provenance import REPO_ROOT
-    out = {}
-    for rid, path in paths.items():
-        folder = Path(path).resolve().parent.parent
-        out[rid] = str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
-    return out
+    """Each record's set: the folder holding its runs/ (tables.collect.set_name)."""
+    from tables.collect import set_name
+    return {rid: set_name(Path(path).parent.parent) for rid, path in paths.items()}
 
 
 def built_tables(keys: Iterable[str], results: str | Path, include: Iterable[str | Path] = (),

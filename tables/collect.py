@@ -56,6 +56,12 @@ def resolve_set(path: str | Path) -> Path:
     return (REPO_ROOT / p) if (REPO_ROOT / p).exists() else p
 
 
+def set_name(folder: str | Path) -> str:
+    """A record set as a reader should see it: relative to the project where it lies inside."""
+    folder = Path(folder).resolve()
+    return str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
+
+
 def collect(roots: Iterable[str | Path], must_exist: Iterable[str | Path] = ()) -> Collection:
     """Every valid record of the folders `roots` (each a results folder holding runs/)."""
     out = Collection()
