@@ -370,9 +370,9 @@ def write_latex(findings: list[Finding], path: Path) -> Path:
     from tables.latex import latex_escape as esc
     head = r"Claim & Source & Model & Verdict & Evidence \\"
     lines = ["% compbench findings (scripts/findings.py); needs \\usepackage{array,booktabs,longtable}",
-             r"\begingroup\scriptsize",
-             r"\begin{longtable}{@{}>{\raggedright}p{0.16\linewidth}>{\raggedright}p{0.1\linewidth}>{\raggedright}p{0.1\linewidth}"
-             r">{\raggedright}p{0.09\linewidth}>{\raggedright\arraybackslash}p{0.45\linewidth}@{}}",
+             r"\begingroup\scriptsize\setlength{\tabcolsep}{3pt}",
+             r"\begin{longtable}{@{}>{\raggedright}p{0.17\linewidth}>{\raggedright}p{0.1\linewidth}>{\raggedright}p{0.09\linewidth}"
+             r">{\raggedright}p{0.14\linewidth}>{\raggedright\arraybackslash}p{0.41\linewidth}@{}}",
              r"\caption{The survey's conclusions checked on the reproduced records. " + esc(CAVEAT) + r"}\\",
              r"\toprule", head, r"\midrule", r"\endfirsthead", r"\toprule", head, r"\midrule", r"\endhead",
              r"\bottomrule", r"\endfoot"]

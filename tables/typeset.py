@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # what `\input` of a table needs beside a plain article (tables/latex.py writes the same line at the top)
-PREAMBLE = r"\usepackage[T1]{fontenc}\usepackage{booktabs,graphicx,array}"
+PREAMBLE = r"\usepackage[T1]{fontenc}\usepackage{booktabs,graphicx,array,longtable}"
 OVERFULL = re.compile(r"^Overfull \\hbox \(([0-9.]+)pt too wide\)", re.M)
 
 

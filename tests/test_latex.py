@@ -123,3 +123,10 @@ def test_record_ids_are_short_and_the_footnote_gives_the_real_path_of_their_set(
 def test_a_table_without_reproduced_rows_still_renders():
     tex = to_latex(TABLES["table6"], build_table(TABLES["table6"], []))
     assert "Reported in the survey" in tex and "Reproduced" not in tex
+
+
+def test_the_published_findings_typeset_in_one_column(pdflatex, tmp_path):
+    from tables.typeset import typeset
+    for folder in PUBLISHED:
+        done = typeset(ROOT / folder / "tables" / "findings.tex", tmp_path)
+        assert max(done.overfull_pt, default=0) <= MAX_OVERFULL_PT, (folder, done.overfull_pt)
