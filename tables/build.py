@@ -281,7 +281,7 @@ def _decoder_row(spec: TableSpec, record: dict, by_id: dict[str, dict], sets: di
         "c4_ppl_plm": _ppl(dense, "c4"), "c4_ppl_compressed": _ppl(record, "c4"),
         **_speedup(record), "seqlen": record["seqlen"], "hardware": record["hardware"]["name"],
         "protocol": record["protocol"]["name"], "partial": _partial(record),
-        "record": record["id"], "record_set": sets.get(record["id"], ""),
+        "record": record["id"], "record_set": sets.get(record["id"], ""), "seed": record.get("seed", 0),
         "flags": ";".join(record.get("flags", [])), "note": "; ".join(notes),
         **_training(record), **meta.columns,
     }
@@ -303,7 +303,8 @@ def _encoder_rows(spec: TableSpec, records: list[dict], by_id: dict[str, dict], 
             "granularity": _granularity(r, meta), "uniform": meta.uniform, "cost": meta.cost,
             "comp_rate": round(comp["comp_rate"], 4), "rate_basis": comp["rate_basis"],
             "rate_counted_as": rate_counted_as(r), **_speedup(r),
-            "hardware": r["hardware"]["name"], "protocol": [], "partial": [], "record": [], "record_set": [],
+            "hardware": r["hardware"]["name"], "seed": r.get("seed", 0),
+            "protocol": [], "partial": [], "record": [], "record_set": [],
             "baseline": [], "note": [], "flags": "", **_training(r), **meta.columns})
         for item in comp.get("not_run") or []:
             row["note"].append(f"not run: {item}")
@@ -416,7 +417,7 @@ def build_table(spec: TableSpec, records: Iterable[dict], include_partial: bool 
     by_id = {r["id"]: r for r in records}
     mine = [r for r in records if belongs(spec, r) and (include_partial or not is_partial(r))]
     rep = reported(spec)
-    provenance = ["protocol", "partial", "hardware", "record", "record_set", "flags"]
+    provenance = ["protocol", "partial", "hardware", "seed", "record", "record_set", "flags"]
     if spec.encoder:
         rows = _encoder_rows(spec, mine, by_id, sets)
         headers = task_headers(mine)

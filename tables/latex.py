@@ -169,6 +169,8 @@ def _cells(row: pd.Series, cols: list[Column], rates: Keys, devices: Keys, wide:
             cell = number(value, col.digits)
         else:
             cell = latex_escape(str(value))
+        if col.key == "method" and row["source"] == "reproduced" and not missing(row.get("seed")) and int(row["seed"]):
+            cell += f", seed {int(row['seed'])}"     # another draw of the calibration sample
         if col.key == "method" and _text(row, "partial"):
             cell += r"$^\ast$"
         if col.key == "comp_rate" and row["source"] == "reproduced":
