@@ -58,20 +58,21 @@ class Band:
 def band(tol: dict[str, Any], value: float, claim: float, dense: float | None,
          measured_floor: tuple[float, str] | None) -> Band:
     """The width of `tol` (a spec's or a claim's tolerance) for a reproduced `value` whose dense
-    record gives `dense`: `effect` × |value − dense| or `abs`, never below the floor (measured
-    where `measured_floor` is given, else `tol["floor"]`: {rel: of the value} or {abs: ...}).
+    record gives `dense`: `effect` × |value − dense| or `abs`, never below the floor where `tol`
+    declares one (measured where `measured_floor` is given, else `tol["floor"]`: {rel: of the
+    value} or {abs: ...}).
     A bare {rel: r} (given on the command line) is r × |claimed|, no floor."""
     if "rel" in tol and "effect" not in tol and "abs" not in tol:
         return Band(tol["rel"] * abs(claim), f"{tol['rel']!r} × |claimed {claim!r}|")
-    if measured_floor is not None:
+    if "floor" not in tol:      # a tolerance given without one (tolerance={abs: 0.01}) is taken as it is
+        floor, floor_rule = 0.0, "no floor"
+    elif measured_floor is not None:
         floor, floor_rule = measured_floor[0], f"floor {measured_floor[0]!r} ({measured_floor[1]})"
-    elif "floor" in tol:
+    else:
         f = tol["floor"]
         floor = f["rel"] * abs(value) if "rel" in f else float(f["abs"])
         how = f"{f['rel']!r} × |{value!r}|" if "rel" in f else "a fixed width"
         floor_rule = f"floor {floor!r} (declared, not measured: {how}; no records of several seeds on this model)"
-    else:
-        floor, floor_rule = 0.0, "no floor"
     if "effect" in tol:
         if dense is None:
             return Band(floor, f"{floor_rule}; no dense record, so no effect to scale")
@@ -128,6 +129,11 @@ def compose(overrides: list[str], results: str | Path) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def _unseeded(record: dict) -> str:
+    """A run config: the record's identity without its seed."""
+    return json.dumps({k: v for k, v in record["identity"].items() if k != "seed"}, sort_keys=True, default=str)
+
+
 def _figure(record: dict, key: str) -> float | None:
     if key in ("wikitext2", "c4"):
         m = record.get("metrics", {}).get(key)
@@ -181,18 +187,20 @@ class Checker:
         return self._all
 
     def seed_floor(self, record: dict, key: str) -> tuple[float, str] | None:
-        """The widest spread of figure `key` over seeds among run configs on `record`'s model and
-        task (identity equal but for the seed), where the records hold two seeds or more."""
+        """The spread of figure `key` over seeds: of `record`'s own run config (identity equal but for
+        the seed) where the records hold two seeds of it or more, else the widest among the run
+        configs on its model and task that have them."""
         model, task = json.dumps(record["identity"].get("model"), sort_keys=True), record.get("task")
         by_config: dict[str, dict[Any, float]] = {}
         for rec in self.all_records():
             if rec.get("task") != task or json.dumps(rec["identity"].get("model"), sort_keys=True) != model:
                 continue
             value = _figure(rec, key)
-            if value is None:
-                continue
-            config = json.dumps({k: v for k, v in rec["identity"].items() if k != "seed"}, sort_keys=True, default=str)
-            by_config.setdefault(config, {})[rec["identity"].get("seed")] = float(value)
+            if value is not None:
+                by_config.setdefault(_unseeded(rec), {})[rec["identity"].get("seed")] = float(value)
+        own = by_config.get(_unseeded(record), {})
+        if len(own) >= 2:
+            return max(own.values()) - min(own.values()), f"measured: this run's spread over {len(own)} seeds"
         spreads = [max(s.values()) - min(s.values()) for s in by_config.values() if len(s) >= 2]
         if not spreads:
             return None

@@ -72,11 +72,16 @@ def test_a_claim_is_reproduced_or_not_on_the_tiny_model(tmp_path):
         Checker(tmp_path, extra=extra).check_claim(run)
 
 
+def ok_record(checker: Checker) -> dict:
+    return next(r for r in checker.all_records() if r["id"] == "9029d5debebfa585")
+
+
 def test_a_published_record_is_reproduced_and_a_wrong_claim_is_not(tmp_path):
     """The published GPTQ 3-bit run of the tiny Llama (results/tiny-llama-wt2) is found by the
     identity of its config, never rerun: its perplexity passes, a claim 8% below it fails, and so
     does one 2.22 below it (1.5%): its compression effect is 0.57 (dense 152.79), so the band is
-    the declared seed-noise floor, 0.5% of the figure = 0.76, not the 2% (3.04) of before."""
+    the seed-noise floor (the run's spread over its published seeds, or where there is one seed the
+    declared 0.5% of the figure = 0.76), not the 2% (3.04) of before."""
     checker = Checker(tmp_path, include=[ROOT / "results" / "tiny-llama-wt2"],   # measured with 2 threads
                       extra=[f"paths.data_root={DATA_ROOT}", "progress=false", "threads=2"], dry_run=True)
     ok = checker.check_claim("model=tiny_llama method=gptq ppl=152.3")
@@ -86,8 +91,12 @@ def test_a_published_record_is_reproduced_and_a_wrong_claim_is_not(tmp_path):
     assert bad.status == "not reproduced" and bad.delta["wikitext2"] == pytest.approx(12.22, abs=0.01)
     close = checker.check_claim("model=tiny_llama method=gptq ppl=150")
     assert close.status == "not reproduced"
-    assert close.bands["wikitext2"].width == pytest.approx(0.005 * 152.2229, abs=1e-3)
-    assert "0.05651" in close.bands["wikitext2"].rule and "declared" in close.bands["wikitext2"].rule
+    seeds = [r["metrics"]["wikitext2"]["ppl"] for r in checker.all_records()
+             if {**r["identity"], "seed": 0} == {**ok_record(checker)["identity"], "seed": 0}]
+    floor = max(seeds) - min(seeds) if len(seeds) > 1 else 0.005 * 152.2229   # measured over seeds, else declared
+    assert close.bands["wikitext2"].width == pytest.approx(max(floor, 0.1 * 0.5651), abs=1e-3) and floor < 2.22
+    assert "0.05651" in close.bands["wikitext2"].rule
+    assert ("this run's spread over" if len(seeds) > 1 else "declared") in close.bands["wikitext2"].rule
     assert "152.22288521107578" in close.line()                      # full precision, not 4 digits
     strict = checker.check_claim("model=tiny_llama method=gptq ppl=152.3", tolerance={"abs": 0.01})
     assert strict.status == "not reproduced"
