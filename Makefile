@@ -136,12 +136,12 @@ tex:
 	    --no-install-recommends $(TEX_PACKAGES) >/dev/null; }
 
 test: model tex
-	@export COMPBENCH_NEEDS_TEX=1; $(call PYTEST,)
+	@$(call PYTEST,)
 
 test-durations: model
 	@$(call PYTEST,--record-durations)
 
-test-fast: model
+test-fast: model tex
 	@$(call PYTEST,-m "not e2e and not claims")
 
 # The survey's conclusions checked on the published records (conf/claims/; docs/findings.md):
