@@ -9,7 +9,6 @@ its protocol (`protocol.complete` false) enters a table only with `include_parti
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
