@@ -22,8 +22,8 @@ from eval.locks import RecordLock
 from eval.pipeline import ConfigError, plan
 
 
-def _acquire_within(lock: RecordLock, seconds: float) -> bool:
-    """Whether `lock` is acquired (and released) within `seconds`; a lock that hangs fails."""
+def _taking(lock: RecordLock) -> threading.Event:
+    """Start taking `lock` (and releasing it) in a thread; the event is set once it is done."""
     done = threading.Event()
 
     def take():
@@ -31,7 +31,12 @@ def _acquire_within(lock: RecordLock, seconds: float) -> bool:
             pass
         done.set()
     threading.Thread(target=take, daemon=True).start()
-    return done.wait(seconds)
+    return done
+
+
+def _acquire_within(lock: RecordLock, seconds: float) -> bool:
+    """Whether `lock` is acquired (and released) within `seconds`; a lock that hangs fails."""
+    return _taking(lock).wait(seconds)
 
 
 # ---- locks ------------------------------------------------------------------------------------
@@ -44,8 +49,10 @@ def test_a_same_host_lock_with_a_live_pid_is_broken_once_its_heartbeat_is_old(tm
     assert _acquire_within(RecordLock(path, poll_s=0.05, stale_after_s=600), 10)
     # a fresh heartbeat of a live owner on this host is waited for
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "since": 0}))
-    assert not _acquire_within(RecordLock(path, poll_s=0.05, stale_after_s=600), 1.0)
-    path.unlink()
+    waiter = _taking(RecordLock(path, poll_s=0.05, stale_after_s=600))
+    assert not waiter.wait(1.0)
+    path.unlink()                 # its owner finishes: the waiter takes it (and leaves no thread behind)
+    assert waiter.wait(10)
 
 
 @pytest.mark.parametrize("content", ["", "{\"host\": ", "[1]"])
@@ -81,6 +88,8 @@ def test_a_lock_is_never_seen_empty_while_it_is_being_created(tmp_path, monkeypa
     real_link = os.link
 
     def watching_link(src, dst):
+        if Path(dst) != path:   # os.link is process-wide: another test's thread may link its own lock
+            return real_link(src, dst)
         seen.append(path.exists())
         real_link(src, dst)
         seen.append(json.loads(Path(dst).read_text())["pid"] == os.getpid())
