@@ -169,6 +169,19 @@ class RecordStore:
     def exists(self, rid: str) -> bool:
         return self.path(rid).is_file()
 
+    def resolve(self, prefixes: list[str]) -> list[str]:
+        """The full ids of the records that `prefixes` name (a whole id or its leading hex digits,
+        as tables print them); ValueError naming any that matches no record, or several."""
+        ids = sorted(p.stem for p in self.dir.glob("[!.]*.json"))
+        out = []
+        for q in prefixes:
+            hits = [i for i in ids if i.startswith(str(q).lower())]
+            if len(hits) != 1:
+                raise ValueError(f"record {q!r} {'matches no record' if not hits else f'is ambiguous ({len(hits)} records)'} "
+                                 f"in {self.dir}: give more of its id")
+            out.append(hits[0])
+        return out
+
     def load(self, rid: str) -> dict[str, Any]:
         """The record `rid`, checked (`CorruptRecord` otherwise)."""
         return read_record(self.path(rid))

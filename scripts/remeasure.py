@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from eval.records import RecordStore  # noqa: E402
 from tables.collect import resolve_set  # noqa: E402
 from tables.remeasure import remeasure  # noqa: E402
 
@@ -23,7 +24,11 @@ def main(cfg: DictConfig) -> None:
     folder = resolve_set(cfg.set)
     if not (folder / "runs").is_dir():
         sys.exit(f"error: {folder} holds no runs/ folder")
-    out = remeasure(folder, list(cfg.presets), OmegaConf.to_container(cfg.timing), list(cfg.records),
+    try:
+        records = RecordStore(folder).resolve([str(r) for r in cfg.records])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    out = remeasure(folder, list(cfg.presets), OmegaConf.to_container(cfg.timing), records,
                     bool(cfg.replace_differing))
     for old, new in out.replaced.items():
         print(f"{old} -> {new}: {out.cells[new]}")

@@ -126,3 +126,20 @@ def test_remeasure_replaces_a_record_by_its_rerun_with_the_kernel_stage(tmp_path
     assert new["identity"]["timing"] == {"inputs": 2, "repeats": 3} and new["speedup"]["repeats"] == 3
     assert new["kernels"]["reason"].startswith("nothing to convert")       # smaller dense matrices: no kernel format
     assert out.cells[new_id].count("[") == 1
+
+
+def test_remeasure_names_records_by_their_leading_digits_and_refuses_one_that_matches_nothing(tmp_path):
+    """A record is named as the tables print it (its leading hex digits); a name that matches no
+    record, or several, is one line of error before any run, never a silent no-op."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for rid in ("53131ba8371dab06", "53131ba9aaaaaaaa", "c06f155518061ec0"):
+        (runs / f"{rid}.json").write_text("{}")
+    from eval.records import RecordStore
+    assert RecordStore(tmp_path).resolve(["c06f1555", "53131ba8"]) == ["c06f155518061ec0", "53131ba8371dab06"]
+    for name, why in (("ffff0000", "matches no record"), ("53131ba", "ambiguous")):
+        with pytest.raises(ValueError, match=why):
+            RecordStore(tmp_path).resolve([name])
+        out = subprocess.run([sys.executable, "scripts/remeasure.py", f"set={tmp_path}", f"records=[{name}]"],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and why in out.stderr
