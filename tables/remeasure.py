@@ -4,7 +4,11 @@ the spread kept). The rerun must give the record's metrics digit for digit; then
 record (its id changes, as the kernel stage is part of a run's identity), else both stay and the
 difference is reported. `replace_differing` replaces such a record too (a record made by older
 code, whose figures today's code no longer gives to the last digit): the new record then names
-the one it supersedes and the largest relative difference of their figures (`supersedes`)."""
+the one it supersedes and the largest relative difference of their figures (`supersedes`).
+
+`reseed` reruns records the same way with only their `seed` changed, so that a claim can be judged
+on several draws of the calibration sample: the new records differ from the old ones in the seed
+alone and land beside them."""
 from __future__ import annotations
 
 import copy
@@ -39,26 +43,52 @@ def largest_difference(a: dict, b: dict) -> float:
     return max((abs(fa[k] - fb[k]) / max(abs(fb[k]), 1e-30) for k in fa.keys() & fb.keys()), default=0.0)
 
 
+def _selected(folder: str | Path, presets: list[str] | None, records: list[str] | None) -> list[dict]:
+    """The compressed records of `folder`, of these presets and ids where given."""
+    from eval.records import RecordStore
+    store = RecordStore(folder)
+    out = []
+    for path in sorted(store.dir.glob("[!.]*.json")):
+        rec = store.load(path.stem)
+        if rec["kind"] == "compressed" and (not presets or rec["preset"] in presets) and (not records or rec["id"] in records):
+            out.append(rec)
+    return out
+
+
+def _rerun(rec: dict, folder: str | Path, **changes: Any) -> dict:
+    """Run the record's own config again, into `folder`, with `changes` (top-level keys) applied."""
+    from eval.pipeline import run
+    cfg = copy.deepcopy(rec["config"])
+    cfg["method"]["preset"] = rec["preset"]      # the preset the record came from (not in older configs)
+    cfg.update(changes)
+    cfg["paths"] = {**cfg["paths"], "results": str(folder)}
+    cfg.update(force=False, progress=False)
+    return run(cfg)
+
+
+def reseed(folder: str | Path, seeds: list[int], presets: list[str] | None = None,
+           records: list[str] | None = None) -> dict[str, dict[int, str]]:
+    """Rerun the selected records of one seed at each of `seeds`; {old id: {seed: new id}}. A rerun
+    whose record exists already is skipped by the runner (identity includes the seed)."""
+    out: dict[str, dict[int, str]] = {}
+    for rec in _selected(folder, presets, records):
+        for seed in seeds:
+            if seed != rec.get("seed", 0):
+                out.setdefault(rec["id"], {})[seed] = _rerun(rec, folder, seed=seed)["id"]
+    return out
+
+
 def remeasure(folder: str | Path, presets: list[str] | None = None, timing: dict | None = None,
               records: list[str] | None = None, replace_differing: bool = False) -> Remeasured:
-    from eval.pipeline import run
     from eval.records import RecordStore
     store = RecordStore(folder)
     out = Remeasured()
-    for path in sorted(store.dir.glob("[!.]*.json")):
-        rid = path.stem
-        rec = store.load(rid)
-        if rec["kind"] != "compressed" or (presets and rec["preset"] not in presets) or (records and rid not in records):
-            continue
+    for rec in _selected(folder, presets, records):
+        rid = rec["id"]
         if rec["identity"].get("kernels", {}).get("convert"):
             continue   # its kernel stage ran already
-        cfg = copy.deepcopy(rec["config"])
-        cfg["method"]["preset"] = rec["preset"]      # the preset the record came from (not in older configs)
-        cfg["kernels"] = {**(cfg.get("kernels") or {}), "convert": True}
-        cfg["timing"] = dict(timing or {"inputs": None, "repeats": 5})
-        cfg["paths"] = {**cfg["paths"], "results": str(folder)}
-        cfg.update(force=False, progress=False)
-        new = run(cfg)
+        new = _rerun(rec, folder, kernels={**(rec["config"].get("kernels") or {}), "convert": True},
+                     timing=dict(timing or {"inputs": None, "repeats": 5}))
         if _numbers(new["metrics"]) != _numbers(rec["metrics"]):
             diff = largest_difference(new["metrics"], rec["metrics"])
             out.differ[rid] = f"metrics differ from {new['id']}'s by up to {diff:.2e} (relative)"

@@ -10,7 +10,7 @@ method families are independent of each other). Imports inside functions count t
   method families       pruning, quantization, lowrank, adaptors
   kernels               kernel formats, conversion, timing (read a method's stored codes)
   eval                  tasks, the pipeline, records
-  tables                tables, plots, verify, merge, remeasure (read records)
+  tables                tables, plots, verify, merge, remeasure, reseed (read records)
   scripts               the command lines (anything)
 
 The method registry finds the method modules by walking the `methods` package with importlib

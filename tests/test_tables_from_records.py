@@ -143,3 +143,23 @@ def test_remeasure_names_records_by_their_leading_digits_and_refuses_one_that_ma
         out = subprocess.run([sys.executable, "scripts/remeasure.py", f"set={tmp_path}", f"records=[{name}]"],
                              cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and why in out.stderr
+
+
+@pytest.mark.e2e
+def test_reseed_reruns_a_record_at_another_seed_changing_nothing_else(tmp_path):
+    """The seeds a claim is judged on: the rerun's identity differs from the record's in the seed
+    alone, its calibration sample is another draw, and a second call does no work."""
+    from conftest import DECODER, base_config
+    from eval.pipeline import run
+    from eval.records import RecordStore
+    from tables.remeasure import reseed
+
+    old = run(base_config(tmp_path, method="wanda", **DECODER))
+    out = reseed(tmp_path, [0, 1], records=[old["id"]])
+    assert list(out) == [old["id"]] and list(out[old["id"]]) == [1]
+    new = RecordStore(tmp_path).load(out[old["id"]][1])
+    assert new["seed"] == 1 and new["preset"] == old["preset"]
+    assert {k: v for k, v in new["identity"].items() if k != "seed"} == {k: v for k, v in old["identity"].items() if k != "seed"}
+    assert new["metrics"] != old["metrics"]                     # another calibration sample, another result
+    n = len(list((tmp_path / "runs").glob("*.json")))
+    assert reseed(tmp_path, [1], records=[old["id"]]) == out and len(list((tmp_path / "runs").glob("*.json"))) == n
