@@ -188,6 +188,12 @@ class Cost:
     basis: str    # "training" | "compression"
 
 
+def run_cost(costs: list[Cost]) -> Cost:
+    """One run configuration's cost over its seeds: the least, as a timing takes the least of its
+    repeats. The seeds do the same work; a busy machine only adds time to some of them."""
+    return min(costs, key=lambda c: c.hours)
+
+
 def cost_of(record: dict) -> Cost | None:
     """Device-hours of the compression: a trained run's `training.device_hours` (on its training
     device), else its `timing.compress_s` / 3600 (on its hardware)."""

@@ -4,7 +4,8 @@ x: device-hours of the compression (log), read from the records as tables/findin
 (`training.device_hours` of a trained run, else `timing.compress_s` / 3600; the devices are named
 in the title); y: WikiText-2 perplexity (decoders, the dense one as a reference line) or the
 difference (%p) to the fine-tuned model (encoders, 0 as the reference). Each run configuration is
-one point at its mean over seeds (a bar spans the seeds' range where it has several), coloured by
+one point at its mean quality over seeds (a bar spans the seeds' range where it has several) and
+its least cost over them (`run_cost`), coloured by
 the survey's cost group of its table row: low-cost (calibration only) or high-cost (training).
 One panel per model; partial-protocol records only with `include_partial`, drawn hollow."""
 from __future__ import annotations
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from tables.build import TABLES, TableSpec, belongs, is_partial, row_meta  # noqa: E402
-from tables.claims import config_key, cost_of, quality  # noqa: E402
+from tables.claims import config_key, cost_of, quality, run_cost  # noqa: E402
 
 GROUPS = {"low": ("low-cost (calibration only)", "tab:blue", "o"),
           "high": ("high-cost (training)", "tab:red", "s")}
@@ -43,7 +44,7 @@ def cost_points(spec: TableSpec, records: list[dict], include_partial: bool = Fa
         meta = row_meta(rs[0], spec.key)
         points.append({"model": model, "label": f"{meta.label} {_setting(rs[0])}".strip(), "preset": rs[0]["preset"],
                        "cost": meta.cost,
-                       "hours": statistics.mean(c.hours for c in costs), "quality": statistics.mean(qs),
+                       "hours": run_cost(costs).hours, "quality": statistics.mean(qs),
                        "lo": min(qs), "hi": max(qs), "devices": sorted({c.device for c in costs}),
                        "seeds": len(rs), "partial": any(is_partial(r) for r in rs),
                        "records": [r["id"] for r in rs]})

@@ -8,7 +8,8 @@ decides nothing.
 Verdicts: holds, contradicted, or not enough runs (a compared run is missing; the evidence names
 it). Seeds: records of one configuration that differ only by a seed are one run; the verdict is
 taken on the mean over its seeds, and the claim is also judged on each seed that every compared run
-has ("holds in k of n seeds", with the per-seed figure). A record that ran less than its protocol
+has ("holds in k of n seeds", with the per-seed figure); a run's cost is its least over its seeds
+(the same work each time, on a machine that may have been busy). A record that ran less than its protocol
 (`protocol.complete` false) enters a verdict only with `include_partial`, and is then marked.
 Speedups are compared on one device at a time.
 
@@ -23,7 +24,7 @@ from typing import Any, Iterable
 
 from tables.build import TABLES, belongs, is_partial, row_meta
 from tables.claims import (CAVEAT, CONTRADICTED, HOLDS, NO_MODEL, NOT_ENOUGH, VERDICTS, Claim, Cost, Judgement,
-                           Selector, Values, config_key, cost_of, field_of, quality)
+                           Selector, Values, config_key, cost_of, field_of, quality, run_cost)
 from tables.speedups import Speedup, speedup_of
 
 CSV_COLUMNS = ["id", "claim", "source", "model", "task", "verdict", "evidence", "records",
@@ -107,9 +108,11 @@ def _quantity(claim: Claim, record: dict | None) -> Any:
 
 
 def _mean(values: list[Any]) -> Any:
+    """One run's value over its seeds: the mean of a quality, the median of the speedups' quartiles,
+    the least cost (`run_cost`)."""
     first = values[0]
     if isinstance(first, Cost):
-        return Cost(statistics.mean(c.hours for c in values), first.device, first.basis)
+        return run_cost(values)
     if isinstance(first, Speedup):
         med = statistics.median
         return Speedup(med(s.median for s in values), med(s.q1 for s in values), med(s.q3 for s in values),
@@ -187,7 +190,8 @@ def _judged(claim: Claim, sides: dict[str, list[Member]]) -> tuple[str, str, str
         if len(per_seed) > 1 or several:
             evidence += (f"; holds in {kept} of {len(per_seed)} seeds ("
                          + ", ".join(f"seed {s}: {_figure(claim, o)}" for s, o in per_seed) + ")"
-                         + ("; means over every seed of each run" if several else ""))
+                         + ("; " + ("least cost" if claim.kind.quantity == "cost" else "means")
+                            + " over every seed of each run" if several else ""))
         seeds_col = f"{kept}/{len(per_seed)}"
     else:
         seeds_col = "unpaired"
@@ -326,7 +330,8 @@ POLICY = ("Each verdict compares records of one model and task. Records of one c
           "each seed every compared run has as well (`seeds`: holds in k of n). Partial-protocol records "
           "(fewer examples or windows than the protocol) count only with include_partial=true and are then "
           "marked (*). Cost is device-hours: training.device_hours for trained runs, timing.compress_s / 3600 "
-          "for post-training ones, on the device each record names.")
+          "for post-training ones, on the device each record names; a run's cost is its least over its seeds "
+          "(the same work each time, on a machine that may have been busy).")
 
 
 def write_csv(findings: list[Finding], path: Path) -> Path:

@@ -238,6 +238,23 @@ def test_seeds_verdict_on_the_mean_and_holds_in_k_of_n():
     assert got.verdict == CONTRADICTED and got.seeds == "2/3"
 
 
+def test_a_runs_cost_is_its_least_over_its_seeds():
+    """Seeds repeat the same work: one seed slowed by a busy machine does not make a cheap method dear."""
+    claim = _claim("t5_cost_orders_of_magnitude")      # high-cost ≥ 10× the low-cost device-hours
+
+    def low(r):
+        return r["kind"] == "compressed" and next(iter(r["rows"].values()))["cost"] == "low"
+
+    def slowed(r):
+        return {**r, "timing": {"compress_s": r["timing"]["compress_s"] * 1e4}} if low(r) else r
+    recs = records_for(claim, seeds=(0, 1))
+    assert any(map(low, recs)) and evaluate_claim(claim, recs)[0].verdict == HOLDS
+    busy = [slowed(r) if r["seed"] == 1 else r for r in recs]
+    got = evaluate_claim(claim, busy)[0]
+    assert got.verdict == HOLDS and "least cost over every seed" in got.evidence
+    assert evaluate_claim(claim, [slowed(r) for r in recs])[0].verdict == CONTRADICTED   # every seed slow
+
+
 def test_partial_records_count_only_when_asked_and_are_then_marked():
     claim = _claim("t7_fwsvd_beats_svd")
     recs = [r if r["kind"] == "dense" else {**r, "protocol": {**r["protocol"], "complete": False,
