@@ -12,20 +12,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from eval.records import RecordStore  # noqa: E402
-from tables.collect import resolve_set  # noqa: E402
-from tables.remeasure import remeasure  # noqa: E402
+from tables.remeasure import remeasure, target  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="remeasure", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    if not cfg.set:
-        sys.exit("error: give set=<a results folder holding runs/>, e.g. set=results/tiny-llama-wt2")
-    folder = resolve_set(cfg.set)
-    if not (folder / "runs").is_dir():
-        sys.exit(f"error: {folder} holds no runs/ folder")
     try:
-        records = RecordStore(folder).resolve([str(r) for r in cfg.records])
+        folder, records = target(cfg.set, list(cfg.records))
     except ValueError as err:
         sys.exit(f"error: {err}")
     out = remeasure(folder, list(cfg.presets), OmegaConf.to_container(cfg.timing), records,

@@ -12,25 +12,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from eval.records import RecordStore  # noqa: E402
-from tables.collect import resolve_set  # noqa: E402
-from tables.remeasure import reseed  # noqa: E402
+from tables.remeasure import reseed, target  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="reseed", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    if not cfg.set:
-        sys.exit("error: give set=<a results folder holding runs/>, e.g. set=results/tiny-llama-wt2")
-    folder = resolve_set(cfg.set)
-    if not (folder / "runs").is_dir():
-        sys.exit(f"error: {folder} holds no runs/ folder")
+    try:
+        folder, records = target(cfg.set, list(cfg.records))
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     seeds = list(cfg.seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         sys.exit(f"error: seeds must be a list of integers, e.g. seeds=[1,2]; got {seeds}")
-    try:
-        records = RecordStore(folder).resolve([str(r) for r in cfg.records])
-    except ValueError as err:
-        sys.exit(f"error: {err}")
     for old, new in reseed(folder, seeds, list(cfg.presets), records).items():
         print(f"{old} -> " + ", ".join(f"seed {s}: {rid}" for s, rid in new.items()))
 

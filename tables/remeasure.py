@@ -43,6 +43,19 @@ def largest_difference(a: dict, b: dict) -> float:
     return max((abs(fa[k] - fb[k]) / max(abs(fb[k]), 1e-30) for k in fa.keys() & fb.keys()), default=0.0)
 
 
+def target(set_: str | None, records: list[Any]) -> tuple[Path, list[str]]:
+    """The record set's folder and the full ids that `records` names (leading hex digits allowed);
+    ValueError, one line saying what to give, before any run."""
+    from eval.records import RecordStore
+    from tables.collect import resolve_set
+    if not set_:
+        raise ValueError("give set=<a results folder holding runs/>, e.g. set=results/tiny-llama-wt2")
+    folder = resolve_set(set_)
+    if not (folder / "runs").is_dir():
+        raise ValueError(f"{folder} holds no runs/ folder")
+    return folder, RecordStore(folder).resolve([str(r) for r in records])
+
+
 def _selected(folder: str | Path, presets: list[str] | None, records: list[str] | None) -> list[dict]:
     """The compressed records of `folder`, of these presets and ids where given."""
     from eval.records import RecordStore
