@@ -107,7 +107,7 @@ def _quantity(claim: Claim, record: dict | None) -> Any:
     return field_of(record, claim.params["field"])
 
 
-def _mean(values: list[Any]) -> Any:
+def _over_seeds(values: list[Any]) -> Any:
     """One run's value over its seeds: the mean of a quality, the median of the speedups' quartiles,
     the least cost (`run_cost`)."""
     first = values[0]
@@ -131,7 +131,7 @@ def _values(claim: Claim, sides: dict[str, list[Member]], seed: Any = "mean") ->
                 ([m.records[seed]] if seed in m.records else [])
             vals = [v for v in (_quantity(claim, r) for r in recs) if v is not None]
             if vals:
-                got.append((m.name, _mean(vals)))
+                got.append((m.name, _over_seeds(vals)))
         if not got:
             return None
         out[side] = got

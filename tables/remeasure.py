@@ -81,10 +81,15 @@ def _rerun(rec: dict, folder: str | Path, **changes: Any) -> dict:
 
 def reseed(folder: str | Path, seeds: list[int], presets: list[str] | None = None,
            records: list[str] | None = None) -> dict[str, dict[int, str]]:
-    """Rerun the selected records of one seed at each of `seeds`; {old id: {seed: new id}}. A rerun
-    whose record exists already is skipped by the runner (identity includes the seed)."""
+    """Rerun each selected run configuration (its records of any seed are one) at each of `seeds`;
+    {old id: {seed: new id}}. A rerun whose record exists already is skipped by the runner."""
+    from tables.claims import config_key
     out: dict[str, dict[int, str]] = {}
+    done: set[str] = set()
     for rec in _selected(folder, presets, records):
+        if config_key(rec) in done:
+            continue
+        done.add(config_key(rec))
         for seed in seeds:
             if seed != rec.get("seed", 0):
                 out.setdefault(rec["id"], {})[seed] = _rerun(rec, folder, seed=seed)["id"]
