@@ -159,7 +159,7 @@ bench: model
 	$(PY) scripts/bench_speed.py
 
 # The kernel benchmark on this machine (CPU: about 10 minutes on 2 cores) -> results/bench/kernels-cpu.json;
-# on a GPU machine: scripts/bench_kernels_gpu.sh
+# on a GPU machine: scripts/bench_gpu.sh (kernels and the 7B-scale pipeline, under 10 minutes)
 bench-kernels: model
 	$(PY) scripts/bench_kernels.py $(ARGS)
 

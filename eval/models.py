@@ -97,6 +97,28 @@ def load(path: str, dtype: str = "float32", device: str | torch.device = "cpu", 
     return LoadedModel(model, tokenizer, family, seqlen, source)
 
 
+# the real shapes of the survey's Llamas: (hidden, intermediate, layers, heads)
+RANDOM_LLAMAS = {"llama-7b": (4096, 11008, 32, 32), "llama-13b": (5120, 13824, 40, 40)}
+
+
+def random_llama(name: str, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+                 seqlen: int = 2048, layers: int | None = None) -> LoadedModel:
+    """A Llama of the named size with random weights, built on `device`: the real shapes and
+    cost, for timing only (its outputs mean nothing; no checkpoint or tokenizer needed).
+    `layers`: only the first blocks (each costs what one of the whole model's costs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if name not in RANDOM_LLAMAS:
+        raise ValueError(f"no random-weight model '{name}'; known: {', '.join(RANDOM_LLAMAS)}")
+    hidden, inter, all_layers, heads = RANDOM_LLAMAS[name]
+    layers = min(layers or all_layers, all_layers)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, vocab_size=32000,
+                         max_position_embeddings=4096, use_cache=False)
+    with torch.device(device):    # initialised where it runs, in its dtype: seconds for a 7B on a GPU
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    return LoadedModel(model.eval(), None, family_of("llama"), seqlen, f"random:{name}")
+
+
 SHAPES_FILE = "compbench_shapes.json"
 
 

@@ -13,7 +13,7 @@ dequantized weight, and weights kept in full precision become a sparse residual.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -50,11 +50,15 @@ class Conversion:
 
 @torch.no_grad()
 def convert(model: nn.Module, record: dict[str, Any] | KernelFormat, device: torch.device | str | None = None,
-            dtype: torch.dtype | None = None) -> Conversion:
+            dtype: torch.dtype | None = None, route_tokens: Sequence[int] = ()) -> Conversion:
     """Swap every compressible linear of `model` for a KernelLinear in the record's format, on
     `device` (default: where the model is) with activations in `dtype` (default: the model's).
-    `record` may also be the format itself (the benchmark's `kernels.formats.parse(key)`)."""
+    `record` may also be the format itself (the benchmark's `kernels.formats.parse(key)`).
+    `route_tokens`: route each layer by shape, timing every kernel that takes its weights at these
+    token counts (kernels/routing.py); () runs the format's own kernel alone."""
     fmt = record if isinstance(record, KernelFormat) else format_for(record)
+    if route_tokens:
+        fmt = fmt.routed(route_tokens)
     first = next(model.parameters())
     device = torch.device(device) if device is not None else first.device
     dtype = dtype or first.dtype

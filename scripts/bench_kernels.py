@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval import provenance  # noqa: E402
-from eval.models import resolve_source  # noqa: E402
+from eval.models import random_llama, resolve_source  # noqa: E402
 from kernels import end_to_end  # noqa: E402
 from kernels.convert import convert  # noqa: E402
 from kernels.formats import NoKernel, format_for, parse  # noqa: E402
@@ -156,15 +156,23 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
                     x = xs[dname]
                     try:
                         want = case.expected(x) if case.expected else x.float() @ case.reference.t()
-                        err = rel_err(case.fn(x), want)
-                        t = seconds(lambda: case.fn(x), prof.min_run_time)
+                        routes = case.routes or {case.backend: (case.fn, case.weight_bytes)}
+                        errs = {name: rel_err(fn(x), want) for name, (fn, _) in routes.items()}
+                        times = {name: seconds(lambda fn=fn: fn(x), prof.min_run_time)
+                                 for name, (fn, _) in routes.items()}
+                        ran = min(times, key=times.get)    # routing by shape: the fastest kernel here
+                        t, nbytes, err = times[ran], routes[ran][1], errs[ran]
                         peak = ceilings["matmul_flops"][case.peak or dname]
-                        achieved = (case.weight_bytes / t / ceilings["copy_bytes_per_s"] if bound == "bandwidth"
+                        achieved = (nbytes / t / ceilings["copy_bytes_per_s"] if bound == "bandwidth"
                                     else case.flops_per_token * m / t / peak)
-                        entry.update(backend=case.backend, seconds=t, speedup=dense_s[dname] / t,
+                        entry.update(backend=ran, seconds=t, speedup=dense_s[dname] / t,
                                      speedup_vs={d: s / t for d, s in dense_s.items()},
                                      ideal_speedup=case.ideal[bound], achieved_fraction=achieved,
-                                     weight_bytes=case.weight_bytes, max_rel_err=err, ok=err < TOL[DTYPES[dname]])
+                                     weight_bytes=nbytes, max_rel_err=err,
+                                     ok=all(e < TOL[DTYPES[dname]] for e in errs.values()))
+                        if len(routes) > 1:
+                            entry["routes"] = {name: {"seconds": times[name], "speedup": dense_s[dname] / times[name],
+                                                      "max_rel_err": errs[name]} for name in routes}
                     except Exception as err:  # noqa: BLE001
                         entry.update(error=repr(err)[:300], trace=traceback.format_exc()[-500:])
                     out.append(entry)
@@ -216,19 +224,6 @@ def load_model(spec: dict, device: torch.device, dtype: torch.dtype) -> torch.nn
     return model.to(device).eval()
 
 
-def synthetic_llama(name: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A Llama of the named size with random weights (the real shapes; no checkpoint needed)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    sizes = {"llama-7b": (4096, 11008, 32, 32), "llama-13b": (5120, 13824, 40, 40)}
-    hidden, inter, layers, heads = sizes[name]
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, vocab_size=32000,
-                         max_position_embeddings=4096)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
-    return model.eval()
-
-
 def e2e_batches(role: str, model: torch.nn.Module, prof: DictConfig, device: torch.device, prefill: int) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
@@ -259,7 +254,7 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
         try:
             for dname in dense_dtypes:
                 dtype = DTYPES[dname]
-                dense[dname] = (synthetic_llama(name, device, dtype) if synthetic
+                dense[dname] = (random_llama(name, device, dtype).model if synthetic
                                 else load_model(models[name], device, dtype))
         except Exception as err:  # noqa: BLE001
             out.append({"model": name, "error": repr(err)[:300]})
@@ -281,7 +276,7 @@ def e2e_cases(prof: DictConfig, models: dict, device: torch.device, published: d
                 model = copy.deepcopy(dense[dname])
                 end_to_end.compress_for(model, key)
                 fake = _logits(model, inputs)
-                conv = convert(model, parse(key), device, DTYPES[dname])
+                conv = convert(model, parse(key), device, DTYPES[dname], route_tokens=list(prof.get("route_tokens") or ()))
                 entry.update(conv.to_record(), format=key)
                 entry["logits_rel_err"] = rel_err(_logits(model, inputs), fake)
                 entry["converted"] = end_to_end.measure(model, batches, role, device, e2e_time)

@@ -1,13 +1,21 @@
-"""Compression wall time: compbench's batched engine vs the reference codes' procedure.
+"""Compression wall time and peak memory: compbench's batched engine against the reference codes'
+procedure, and evaluation throughput against a one-window-per-forward loop.
 
 The GPTQ/SparseGPT/Wanda reference drivers feed one calibration sample per forward, keep a
-running per-sample Hessian/norm update for every linear separately, and prune each linear on
-its own. `reference_sequential` below replays that procedure on the same model, calibration
-windows and solver semantics; with `bench.reference_repo=<checkout of IST-DASLab/sparsegpt>`
-it uses that checkout's own `SparseGPT` class (add_batch + fasterprune) for SparseGPT. Prints
+running per-sample Hessian/norm update for every linear separately, and prune or quantize each
+linear on its own. `reference_sequential` below replays that procedure on the same model,
+calibration windows and solver semantics (a replay, not the reference code: the result file says
+`replayed`); with `bench.reference_repo=<checkout of IST-DASLab/sparsegpt>` it uses that
+checkout's own `SparseGPT` class (add_batch + fasterprune) for SparseGPT. Prints
 ours/reference per method; the target is <= 0.5.
 
-    python scripts/bench_speed.py [bench.methods=[sparsegpt,wanda]] [model=...] [device=cuda]
+`bench.synthetic=llama-7b` times a Llama-7B of random weights (the real shapes; timing only, its
+outputs mean nothing) on random calibration tokens, `bench.nsamples` × `bench.seqlen` of them;
+`bench.layers=N` compresses its first N blocks only (both procedures; every block costs the same),
+while the evaluation runs the whole model.
+
+    python scripts/bench_speed.py [bench.methods=[sparsegpt,wanda,gptq]] [model=...] [device=cuda]
+    python scripts/bench_speed.py bench.synthetic=llama-7b device=cuda
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ from methods.core.calibration import TokenWindows  # noqa: E402
 from methods.core.hooks import forward_hooks  # noqa: E402
 from methods.pruning.masks import mask_for  # noqa: E402
 from methods.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
+from methods.quantization.gptq import gptq_quantize  # noqa: E402
+from eval.perplexity import perplexity  # noqa: E402
 
 
 class _PerSampleStats:
@@ -57,33 +67,53 @@ class _PerSampleStats:
         self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.n
 
 
+def _method(method: str, cfg: DictConfig):
+    return build(method, **dict(cfg.bench.settings.get(method) or {}))
+
+
 def _solver(method: str, cfg: DictConfig):
-    """(make per-layer state, prune(layer, state)) in the reference's shape."""
+    """(make per-layer state, prune or quantize (layer, state)) in the reference's shape."""
     if method == "sparsegpt" and cfg.bench.reference_repo:
         sys.path.insert(0, str(Path(cfg.bench.reference_repo).expanduser()))
         ref = importlib.import_module("sparsegpt")
         if not torch.cuda.is_available():  # the reference syncs CUDA after each layer
             torch.cuda.synchronize = lambda *a, **k: None
             torch.cuda.empty_cache = lambda *a, **k: None
-        return ref.SparseGPT, lambda layer, st: st.fasterprune(cfg.bench.sparsity, blocksize=128, percdamp=0.01)
+        sparsity = _method(method, cfg).target.ratio
+        return ref.SparseGPT, lambda layer, st: st.fasterprune(sparsity, blocksize=128, percdamp=0.01)
     if method == "sparsegpt":
+        target = _method(method, cfg).target
+
         def prune(layer, st):
             W = weight_matrix(layer)
-            W.copy_(sparsegpt_prune(W, st.hessian, build("sparsegpt", sparsity=cfg.bench.sparsity).target))
+            W.copy_(sparsegpt_prune(W, st.hessian, target).to(W.dtype))
         return lambda layer: _PerSampleStats(layer, True), prune
     if method == "wanda":
+        target = _method(method, cfg).target
+
         def prune(layer, st):
             W = weight_matrix(layer)
             score = W.abs().float() * torch.sqrt(st.scaler_row).reshape(1, -1)
-            W[mask_for(score, build("wanda", sparsity=cfg.bench.sparsity).target, per_row=True)] = 0
+            W[mask_for(score, target, per_row=True)] = 0
         return lambda layer: _PerSampleStats(layer, False), prune
-    raise ValueError(f"no reference procedure for '{method}' (have: sparsegpt, wanda)")
+    if method == "gptq":   # the reference's add_batch Hessian, then fasterquant (lazy batches, dampening)
+        gptq = _method(method, cfg)
+
+        def quantize(layer, st):
+            W = weight_matrix(layer)
+            res = gptq_quantize(W, st.hessian, gptq.spec, gptq.blocksize, gptq.percdamp, gptq.act_order,
+                                gptq.static_groups)
+            W.copy_(res.weight.to(W.dtype))
+        return lambda layer: _PerSampleStats(layer, True), quantize
+    raise ValueError(f"no reference procedure for '{method}' (have: sparsegpt, wanda, gptq)")
 
 
 @torch.no_grad()
 def reference_sequential(lm: models.LoadedModel, windows: torch.Tensor, make_state, prune,
-                         device: torch.device) -> float:
-    """The reference drivers' loop (llama_sequential / prune_wanda), one sample per forward."""
+                         device: torch.device, true_sequential: bool = False) -> float:
+    """The reference drivers' loop (llama_sequential / prune_wanda), one sample per forward;
+    `true_sequential` (GPTQ's flag) gathers each group of linears' statistics after the groups
+    before it are compressed."""
     t0 = time.perf_counter()
     session = engine.Session(lm.model, lm.family, device, progress=False)
     session.capture(TokenWindows(windows), batch_size=1)  # the Catcher sees one sample per model call
@@ -91,13 +121,14 @@ def reference_sequential(lm: models.LoadedModel, windows: torch.Tensor, make_sta
     for block in lm.family.blocks(lm.model):
         block.to(device)
         layers = lm.family.linears(block)
-        states = {n: make_state(layer) for n, layer in layers.items()}
-        with forward_hooks(post=[(layer, lambda _m, i, o, n=n: states[n].add_batch(i[0].data, o.data))
-                                 for n, layer in layers.items()]):
-            for hidden, (args, kw) in inps:
-                block(hidden, *args, **kw)
-        for n, layer in layers.items():
-            prune(layer, states[n])
+        for group in (lm.family.sequential if true_sequential else (tuple(layers),)):
+            states = {n: make_state(layers[n]) for n in group}
+            with forward_hooks(post=[(layers[n], lambda _m, i, o, n=n: states[n].add_batch(i[0].data, o.data))
+                                     for n in group]):
+                for hidden, (args, kw) in inps:
+                    block(hidden, *args, **kw)
+            for n in group:
+                prune(layers[n], states[n])
         outs = []
         for hidden, extra in inps:
             y = block(hidden, *extra[0], **extra[1])
@@ -108,43 +139,106 @@ def reference_sequential(lm: models.LoadedModel, windows: torch.Tensor, make_sta
     return time.perf_counter() - t0
 
 
-def _fresh(cfg: DictConfig, device: torch.device) -> models.LoadedModel:
+def _fresh(cfg: DictConfig, device: torch.device, whole: bool = False) -> models.LoadedModel:
+    """The model under test, fresh; a random-weight one has `bench.layers` blocks unless `whole`."""
+    if cfg.bench.synthetic:
+        torch.manual_seed(cfg.seed)
+        return models.random_llama(cfg.bench.synthetic, device, models.resolve_dtype(cfg.bench.dtype),
+                                   cfg.bench.seqlen, None if whole else cfg.bench.layers)
     return models.load(cfg.model.path, cfg.model.dtype, device, cfg.model.seqlen)
+
+
+def _windows(cfg: DictConfig, lm: models.LoadedModel) -> torch.Tensor:
+    """The calibration windows: the run's calibration text, or random tokens for a random model."""
+    if cfg.bench.synthetic:
+        g = torch.Generator().manual_seed(cfg.seed)
+        return torch.randint(0, lm.model.config.vocab_size, (cfg.bench.nsamples, lm.seqlen), generator=g)
+    src = data_mod.DataSource.from_config(cfg.paths.data_root, cfg.offline)
+    return data_mod.calibration_windows(cfg.calib.source, src, lm.tokenizer, cfg.calib.nsamples, lm.seqlen,
+                                        cfg.seed, path=cfg.calib.get("path"), join=cfg.calib.get("join", "\n\n"))
+
+
+def _timed(fn, device: torch.device) -> tuple[float, int | None]:
+    """Seconds of fn() and, on a GPU, its peak allocated bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, torch.cuda.max_memory_allocated()
+    return time.perf_counter() - t0, None
+
+
+def compression(cfg: DictConfig, device: torch.device, windows: torch.Tensor) -> list[dict]:
+    """Each method's compress wall time, ours against the reference procedure, best of repeats."""
+    rows = []
+    for method in cfg.bench.methods:
+        make_state, prune = _solver(method, cfg)
+        ref, ours = [], []
+        for _ in range(cfg.bench.repeats):
+            lm = _fresh(cfg, device)
+            ref.append(_timed(lambda: reference_sequential(lm, windows, make_state, prune, device,
+                                                           _method(method, cfg).true_sequential), device))
+            del lm
+            lm = _fresh(cfg, device)
+            ours.append(_timed(lambda: engine.compress(lm.model, lm.family, _method(method, cfg), TokenWindows(windows),
+                                                       device, cfg.engine.batch_size, progress=False), device))
+            del lm
+        (t_ref, m_ref), (t_ours, m_ours) = min(ref), min(ours)
+        rows.append({"method": method, "settings": dict(cfg.bench.settings.get(method) or {}),
+                     "reference_s": t_ref, "compbench_s": t_ours, "ratio": t_ours / t_ref, "target": 0.5,
+                     "reference_peak_bytes": m_ref, "compbench_peak_bytes": m_ours})
+        print(f"{method:10s} reference {t_ref:8.2f}s  compbench {t_ours:8.2f}s  ratio {t_ours / t_ref:.3f}"
+              f"  ({'meets' if t_ours / t_ref <= 0.5 else 'misses'} <= 0.5)"
+              + (f"  peak {m_ours / 2**30:.1f} GiB (reference {m_ref / 2**30:.1f})" if m_ours else ""), flush=True)
+    return rows
+
+
+def evaluation(cfg: DictConfig, device: torch.device, lm: models.LoadedModel) -> dict:
+    """Perplexity-protocol tokens/s: the harness's batched loop against one window per forward,
+    on the same `bench.eval_windows` windows (random tokens for a random model)."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    ids = torch.randint(0, lm.model.config.vocab_size, (cfg.bench.eval_windows * lm.seqlen,), generator=g)
+    out = {"windows": cfg.bench.eval_windows, "seqlen": lm.seqlen, "batch_size": cfg.eval.batch_size}
+    for name, batch in (("one_window_s", 1), ("compbench_s", cfg.eval.batch_size)):
+        perplexity(lm.model, ids, lm.seqlen, batch_size=1, max_windows=1, device=device, progress=False)  # warm-up
+        out[name], _ = _timed(lambda b=batch: perplexity(lm.model, ids, lm.seqlen, batch_size=b, device=device,
+                                                         progress=False), device)
+    out["tokens_per_s"] = {"one_window": out["windows"] * lm.seqlen / out["one_window_s"],
+                           "compbench": out["windows"] * lm.seqlen / out["compbench_s"]}
+    out["ratio"], out["target"] = out["one_window_s"] / out["compbench_s"], 2.0
+    print(f"eval       one window/forward {out['one_window_s']:8.2f}s  compbench {out['compbench_s']:8.2f}s  "
+          f"speedup {out['ratio']:.2f}x  ({'meets' if out['ratio'] >= 2 else 'misses'} >= 2)", flush=True)
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    lm = _fresh(cfg, device, whole=True)
+    windows = _windows(cfg, lm)
+    report = {"model": cfg.bench.synthetic or cfg.model.name, "synthetic": bool(cfg.bench.synthetic),
+              "compressed_blocks": cfg.bench.layers if cfg.bench.synthetic and cfg.bench.layers else "all",
+              "nsamples": int(windows.shape[0]), "seqlen": lm.seqlen, "batch_size": cfg.engine.batch_size,
+              "hardware": hardware(device), "torch": torch.__version__,
+              "reference_solver": "checkout" if cfg.bench.reference_repo else "replayed",
+              "config": OmegaConf.to_container(cfg.bench)}
+    if cfg.bench.eval_windows:
+        report["evaluation"] = evaluation(cfg, device, lm)
+    del lm
+    report["results"] = compression(cfg, device, windows)
+    out = Path(cfg.bench.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"-> {out}")
+    return report
 
 
 @hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    lm = _fresh(cfg, device)
-    src = data_mod.DataSource.from_config(cfg.paths.data_root, cfg.offline)
-    windows = data_mod.calibration_windows(cfg.calib.source, src, lm.tokenizer, cfg.calib.nsamples, lm.seqlen,
-                                           cfg.seed, path=cfg.calib.get("path"), join=cfg.calib.get("join", "\n\n"))
-    rows = []
-    for method in cfg.bench.methods:
-        make_state, prune = _solver(method, cfg)
-        t_ref = min(reference_sequential(_fresh(cfg, device), windows, make_state, prune, device)
-                    for _ in range(cfg.bench.repeats))
-        t_ours = math.inf
-        for _ in range(cfg.bench.repeats):
-            ours = _fresh(cfg, device)
-            t0 = time.perf_counter()
-            engine.compress(ours.model, ours.family, build(method, sparsity=cfg.bench.sparsity),
-                            TokenWindows(windows), device, cfg.engine.batch_size, progress=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t_ours = min(t_ours, time.perf_counter() - t0)
-        rows.append({"method": method, "reference_s": round(t_ref, 3), "compbench_s": round(t_ours, 3),
-                     "ratio": round(t_ours / t_ref, 3), "target": 0.5})
-        print(f"{method:10s} reference {t_ref:8.2f}s  compbench {t_ours:8.2f}s  ratio {t_ours / t_ref:.3f}"
-              f"  ({'meets' if t_ours / t_ref <= 0.5 else 'misses'} <= 0.5)")
-    out = Path(cfg.bench.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": cfg.model.name, "nsamples": cfg.calib.nsamples, "seqlen": lm.seqlen,
-                               "batch_size": cfg.engine.batch_size, "hardware": hardware(device),
-                               "reference_solver": "checkout" if cfg.bench.reference_repo else "replayed",
-                               "config": OmegaConf.to_container(cfg.bench), "results": rows}, indent=2))
-    print(f"-> {out}")
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
     2:4         two nonzeros in every 4       torch.sparse.to_sparse_semi_structured (CUDA)
     dense       the weight as it is           F.linear (structured pruning's smaller matrices;
                                               the benchmark's neurons-<p> and lowrank-<p>)
+
+gemlite.py is no format: it is a library's kernel for the integer formats' codes, which
+kernels/routing.py times against each format's own kernel, shape by shape.
 """
 from kernels.formats.base import (Case, KernelFormat, NoKernel, Residual, WeightFormat, format_for, formats, parse,
                                   register_format)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ class WeightFormat:
 
     name = "dense"
     backend = "F.linear"
+    emulated = False     # True: no kernel runs it here (per-call dequantization, Triton's CPU interpreter)
 
     def __init__(self, out_features: int, in_features: int, device: torch.device):
         self.out_features, self.in_features, self.device = out_features, in_features, on_device(device)
@@ -87,6 +88,9 @@ class Case:
     expected: Callable[[torch.Tensor], torch.Tensor] | None = None   # the output to match, where the
     # format also quantizes its input (w8a8): the fake-quantized activations through `reference`
     peak: str | None = None     # the matmul peak it is held to, where not its activations' (int8)
+    # every kernel that computes the same product ({backend: (call, weight bytes it reads)}), the
+    # format's own among them: the benchmark times each and routes each shape to the fastest
+    routes: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None = None
 
 
 def dense_bytes(W: torch.Tensor, dtype: torch.dtype) -> int:
@@ -122,6 +126,11 @@ class KernelFormat:
         """This format for a record's `compression` entry, None when it does not hold it; NoKernel
         when no kernel runs it at all (the search ends with that reason)."""
         return None
+
+    def routed(self, tokens: Sequence[int]) -> "KernelFormat":
+        """This format with its layers routed by shape at these token counts (kernels/routing.py),
+        where several kernels take its weights; itself where one does."""
+        return self
 
     def on_device(self, device: torch.device, weights: list[torch.Tensor]) -> "KernelFormat":
         """The format its layers take on `device` (2:4 is CSR off CUDA or where a layer is not 2:4)."""

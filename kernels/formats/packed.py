@@ -31,6 +31,7 @@ class Packed(WeightFormat):
         self.zero = qt.zero.float().to(device).contiguous()
         self.g_idx = qt.groups().to(device, torch.int32).contiguous()
         self.backend = "triton (compbench packed_matmul)" if triton_packed.available(device) else NO_KERNEL_BACKEND
+        self.emulated = device.type != "cuda"
 
     def matmul(self, x):
         if self.backend.startswith("triton"):

@@ -3,8 +3,8 @@
 round-to-nearest codes for the benchmark's cases and end-to-end models."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -37,8 +37,11 @@ class QuantizedFormat(KernelFormat):
 
     bits: int = 8
     group: int | None = None
+    # the token counts its layers are routed at (kernels/routing.py); () runs its own kernel alone
+    route_tokens: tuple[int, ...] = field(default=(), compare=False)
     sym: ClassVar[bool] = False            # the round-to-nearest codes it makes itself (no zero point)
     one_width: ClassVar[int | None] = None  # a format of one width and grid (int8, w8a8): its key is its name
+    quantizes_activations: ClassVar[bool] = False   # w8a8: no weight-only kernel computes its product
 
     @property
     def key(self) -> str:
@@ -72,6 +75,23 @@ class QuantizedFormat(KernelFormat):
         its kernel does not take)."""
         return self.layout(qt, device, dtype)
 
+    def routed(self, tokens: Sequence[int]) -> "QuantizedFormat":
+        return replace(self, route_tokens=tuple(tokens))
+
+    def other_kernels(self, qt: QuantizedTensor, layer: nn.Module | None, fmt: WeightFormat, device: torch.device,
+                      dtype: torch.dtype) -> list[WeightFormat]:
+        """The other kernels that compute `fmt`'s product from the same codes: routing's
+        candidates (kernels/routing.py) besides the format's own."""
+        from kernels.routing import weight_only_layouts
+        return weight_only_layouts(qt, device, dtype, skip=[fmt.backend])
+
+    def _routed_layer(self, fmt: WeightFormat, others: list[WeightFormat], dtype: torch.dtype) -> WeightFormat:
+        from kernels.routing import Routed
+        kernels = [k for k in [fmt, *others] if not k.emulated]
+        if not kernels:      # no kernel runs these codes here: the format says so unrouted
+            return fmt
+        return Routed(kernels, dtype, self.route_tokens, dequant=not self.quantizes_activations)
+
     def layer(self, layer, path, W, device, dtype):
         qt = kept_codes(layer)
         if qt is None:
@@ -79,16 +99,30 @@ class QuantizedFormat(KernelFormat):
                              "that compressed the model; convert right after compressing (engine.keep_codes=true)")
         if qt.bits != self.bits:
             raise ValueError(f"{path} holds {qt.bits}-bit codes, the record says {self.bits}")
-        return self.codes_format(qt, layer, path, device, dtype), qt.to(device).dequantize()
+        fmt = self.codes_format(qt, layer, path, device, dtype)
+        if self.route_tokens:
+            fmt = self._routed_layer(fmt, self.other_kernels(qt, layer, fmt, device, dtype), dtype)
+        return fmt, qt.to(device).dequantize()
 
     def compress(self, layer: nn.Module) -> None:
         W = weight_matrix(layer)
         qt = quantize_weight(W, self.quant_spec())
         W.copy_(qt.dequantize().to(W.dtype))
-        keep_codes(layer, qt)
+        keep_codes(layer, qt, W.device)    # the benchmark's model converts where it runs: no round trip
 
     def case(self, W: torch.Tensor, dtype: torch.dtype) -> Case:
         qt = quantize_weight(W, self.quant_spec())
         fmt = self.layout(qt, W.device, dtype)
         return Case(fmt.matmul, qt.dequantize(), fmt.weight_bytes, 2 * W.numel(),
-                    {"bandwidth": dense_bytes(W, dtype) / fmt.weight_bytes, "flops": 1.0}, fmt.backend)
+                    {"bandwidth": dense_bytes(W, dtype) / fmt.weight_bytes, "flops": 1.0}, fmt.backend,
+                    routes=self.case_routes(fmt, self.other_kernels(qt, None, fmt, W.device, dtype)))
+
+    def case_routes(self, fmt: WeightFormat, others: list[WeightFormat]
+                    ) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None:
+        """A benchmark case's routes: every kernel of the product with the bytes it reads."""
+        from kernels.routing import routes_of
+        kernels = [k for k in [fmt, *others] if not k.emulated]
+        if not kernels:
+            return None
+        return {name: (fn, k.weight_bytes)
+                for name, (k, fn) in routes_of(kernels, dequant=not self.quantizes_activations).items()}

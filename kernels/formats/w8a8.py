@@ -65,6 +65,7 @@ class W8A8Format(QuantizedFormat):
     order = 10
     sym = True
     one_width = 8
+    quantizes_activations = True
 
     @classmethod
     def for_record(cls, comp):
@@ -83,6 +84,14 @@ class W8A8Format(QuantizedFormat):
             raise ValueError(f"{path} quantizes no activations: the record says W8A8")
         return W8A8(qt, act, device)
 
+    def other_kernels(self, qt, layer, fmt, device, dtype):
+        """GemLite's int8 GEMM, where the layer quantizes its activations per token as it does."""
+        from kernels.formats.gemlite import GemLiteA8W8
+        try:
+            return [GemLiteA8W8(qt, fmt.act, device, dtype)]
+        except (ValueError, ImportError, RuntimeError):
+            return []
+
     def compress(self, layer):
         super().compress(layer)
         attach_act_quant(layer, 8, "per_token")   # SmoothQuant's and ZeroQuant's dynamic per-token activations
@@ -94,4 +103,5 @@ class W8A8Format(QuantizedFormat):
         ref = qt.dequantize()
         return Case(fmt.matmul, ref, fmt.weight_bytes, 2 * W.numel(),
                     {"bandwidth": dense_bytes(W, dtype) / fmt.weight_bytes, "flops": 1.0}, fmt.backend,
-                    expected=lambda x: act.fake(x).float() @ ref.t(), peak="int8")
+                    expected=lambda x: act.fake(x).float() @ ref.t(), peak="int8",
+                    routes=self.case_routes(fmt, self.other_kernels(qt, None, fmt, W.device, dtype)))

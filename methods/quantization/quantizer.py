@@ -140,9 +140,10 @@ class QuantizedTensor:
 CODES_ATTR = "quantized_codes"
 
 
-def keep_codes(layer: torch.nn.Module, qt: QuantizedTensor) -> None:
-    """Attach a linear's codes (kept on the CPU: they outlive the block's turn on the device)."""
-    setattr(layer, CODES_ATTR, qt.to("cpu"))
+def keep_codes(layer: torch.nn.Module, qt: QuantizedTensor, device: torch.device | str = "cpu") -> None:
+    """Attach a linear's codes, on the CPU by default: they outlive the block's turn on the device
+    (a model compressed where it runs, as the kernel benchmark's, keeps them there)."""
+    setattr(layer, CODES_ATTR, qt.to(device))
 
 
 def kept_codes(layer: torch.nn.Module) -> QuantizedTensor | None:
