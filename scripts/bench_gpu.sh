@@ -4,7 +4,7 @@
 # 1. kernels: every kernel format per layer at Llama-7B/13B/70B shapes against dense bf16, each
 #    shape routed to its fastest kernel (the figure names it), then end to end: the tiny models
 #    and a random-weight Llama-7B converted by kernels.convert  -> OUT_DIR/kernels-<gpu>.json
-# 2. scale: the random-weight Llama-7B, 128 x 2048 calibration tokens: SparseGPT, Wanda and GPTQ
+# 2. scale: the random-weight Llama-7B, 128 x 2048 calibration tokens: SparseGPT, Wanda, GPTQ and AWQ
 #    compress wall time and peak memory against replays of the reference procedures (first
 #    $SCALE_BLOCKS blocks), and perplexity-protocol throughput against one window per forward
 #                                                               -> OUT_DIR/scale-<gpu>.json
@@ -22,7 +22,7 @@ DEVICE=${DEVICE:-cuda}
 PROFILE=${PROFILE:-gpu}
 SCALE_MODEL=${SCALE_MODEL:-bench.synthetic=llama-7b}
 KERNELS_ARGS=${KERNELS_ARGS:-}
-SCALE_METHODS=${SCALE_METHODS:-sparsegpt,wanda,gptq}
+SCALE_METHODS=${SCALE_METHODS:-sparsegpt,wanda,gptq,awq}
 SCALE_ARGS=${SCALE_ARGS:-}
 EVAL_WINDOWS=${EVAL_WINDOWS:-16}
 PY=${PY:-python3}

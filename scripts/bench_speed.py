@@ -105,7 +105,7 @@ def _solver(method: str, cfg: DictConfig):
                                 gptq.static_groups)
             W.copy_(res.weight.to(W.dtype))
         return lambda layer: _PerSampleStats(layer, True), quantize
-    raise ValueError(f"no reference procedure for '{method}' (have: sparsegpt, wanda, gptq)")
+    raise ValueError(f"no reference procedure for '{method}' (have: sparsegpt, wanda, gptq, awq)")
 
 
 @torch.no_grad()
@@ -137,6 +137,76 @@ def reference_sequential(lm: models.LoadedModel, windows: torch.Tensor, make_sta
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+# the module llm-awq inspects for a Llama scale pair's output error (else the linear itself)
+_AWQ_INSPECT = {"input_layernorm": "self_attn", "post_attention_layernorm": "mlp"}
+
+
+@torch.no_grad()
+def reference_awq(lm: models.LoadedModel, windows: torch.Tensor, awq, device: torch.device) -> None:
+    """llm-awq's `run_awq` procedure, replayed on a Llama (a replay, not its code): every
+    calibration sample in one forward per block, each linear's inputs cached on the CPU; per
+    scale pair a grid of `n_grid` ratios, each scaling and fake-quantizing the pair's linears and
+    running the module the reference inspects (the attention for q/k/v, the MLP for gate/up, else
+    the linear) over every cached token, the block's state restored after each; the scales folded
+    in; the clipping search per linear (not q/k) on 512 of its tokens, 256 rows at a time; then
+    round-to-nearest. The harness's AWQ searches on a sample of tokens with the linears' own
+    outputs (methods/quantization/awq.py says so): this measures the reference's cost, not ours."""
+    from methods.core.arch import fold_scale, scale_pairs
+    from methods.quantization.awq import rtn, search_clip
+    from methods.quantization.quantizer import quantize_weight
+    if lm.model.config.model_type != "llama":
+        raise ValueError("the AWQ replay follows llm-awq's Llama path: a Llama model only")
+    session = engine.Session(lm.model, lm.family, device, progress=False)
+    session.capture(TokenWindows(windows), batch_size=windows.shape[0])   # all samples in one forward
+    (hidden, (args, kw)), = session.inputs
+    for block in lm.family.blocks(lm.model):
+        block.to(device)
+        layers = lm.family.linears(block)
+        mods = dict(block.named_modules())
+        feats: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        with forward_hooks(post=[(layers[n], lambda _m, i, _o, n=n: feats[n].append(i[0].detach().cpu()))
+                                 for n in layers]):
+            out = block(hidden, *args, **kw)
+        x_of = {n: torch.cat(v) for n, v in feats.items()}
+        for prev, group in scale_pairs(lm.family, block):
+            inspect = mods[_AWQ_INSPECT.get(prev, group[0])]
+            x = x_of[group[0]].to(device)
+            call = (lambda m=inspect: m(hidden_states=x, **kw)) if inspect is mods.get("self_attn") else \
+                (lambda m=inspect: m(x))
+            ref = call()
+            ref = ref[0] if isinstance(ref, tuple) else ref
+            x_mean = x.abs().reshape(-1, x.shape[-1]).float().mean(0)
+            saved = {k: v.cpu() for k, v in inspect.state_dict().items()}
+            best, best_s = float("inf"), None
+            for k in range(awq.n_grid):
+                sc = x_mean.pow(k / awq.n_grid).clamp(min=1e-4)
+                sc = sc / (sc.max() * sc.min()).sqrt()
+                for n in group:
+                    W = weight_matrix(mods[n])
+                    W.copy_((rtn(W.float() * sc, awq.spec) / sc).to(W.dtype))
+                y = call()
+                loss = float(((y[0] if isinstance(y, tuple) else y) - ref).float().pow(2).mean())
+                if loss < best:
+                    best, best_s = loss, sc
+                inspect.load_state_dict(saved)
+            fold_scale(block, prev, group, best_s)
+            for n in group:
+                x_of[n] = x_of[n] / best_s.cpu().to(x_of[n].dtype)
+            del x, ref
+        for name, layer in layers.items():
+            W = weight_matrix(layer)
+            if not name.endswith(("q_proj", "k_proj")):
+                flat = x_of[name].reshape(-1, W.shape[1])
+                sample = flat[0::max(1, flat.shape[0] // 512)].to(device)
+                mx = search_clip(sample, W, awq.spec, awq.n_grid, awq.max_shrink, row_chunk=256)
+                g = -(-W.shape[1] // mx.shape[1])
+                bound = mx.repeat_interleave(g, dim=1)[:, :W.shape[1]].to(W.dtype)
+                W.copy_(torch.clamp(W, -bound, bound))
+            W.copy_(quantize_weight(W, awq.spec).dequantize().to(W.dtype))
+        hidden = out[0] if isinstance(out, tuple) else out
+        del feats, x_of
 
 
 def _fresh(cfg: DictConfig, device: torch.device, whole: bool = False) -> models.LoadedModel:
@@ -175,12 +245,18 @@ def compression(cfg: DictConfig, device: torch.device, windows: torch.Tensor) ->
     """Each method's compress wall time, ours against the reference procedure, best of repeats."""
     rows = []
     for method in cfg.bench.methods:
-        make_state, prune = _solver(method, cfg)
+        if method == "awq":
+            def reference(lm):
+                reference_awq(lm, windows, _method(method, cfg), device)
+        else:
+            make_state, prune = _solver(method, cfg)
+
+            def reference(lm):
+                reference_sequential(lm, windows, make_state, prune, device, _method(method, cfg).true_sequential)
         ref, ours = [], []
         for _ in range(cfg.bench.repeats):
             lm = _fresh(cfg, device)
-            ref.append(_timed(lambda: reference_sequential(lm, windows, make_state, prune, device,
-                                                           _method(method, cfg).true_sequential), device))
+            ref.append(_timed(lambda: reference(lm), device))
             del lm
             lm = _fresh(cfg, device)
             ours.append(_timed(lambda: engine.compress(lm.model, lm.family, _method(method, cfg), TokenWindows(windows),

@@ -31,15 +31,17 @@ def _cfg(tmp_path, *over):
 def small_llama(monkeypatch):
     """llama-7b's architecture at a CPU's size (the shapes table is the only thing changed)."""
     from eval import models
-    monkeypatch.setitem(models.RANDOM_LLAMAS, "llama-7b", (64, 176, 2, 4))
+    monkeypatch.setitem(models.RANDOM_LLAMAS, "llama-7b", (64, 192, 2, 4))
 
 
+@pytest.mark.e2e
 def test_the_scale_bench_times_every_method_against_its_replay_and_the_evaluation(tmp_path, small_llama):
-    report = _bench().run(_cfg(tmp_path, "bench.methods=[sparsegpt,wanda,gptq]", "bench.eval_windows=4"))
+    report = _bench().run(_cfg(tmp_path, "bench.methods=[wanda,awq]", "bench.eval_windows=4",
+                               "bench.settings.awq.group_size=32"))
     assert json.loads((tmp_path / "scale.json").read_text()) == report
     assert report["synthetic"] and report["model"] == "llama-7b" and report["reference_solver"] == "replayed"
     assert (report["nsamples"], report["seqlen"]) == (4, 32)
-    assert [r["method"] for r in report["results"]] == ["sparsegpt", "wanda", "gptq"]
+    assert [r["method"] for r in report["results"]] == ["wanda", "awq"]
     for r in report["results"]:
         assert r["reference_s"] > 0 and r["compbench_s"] > 0
         assert r["ratio"] == r["compbench_s"] / r["reference_s"]
@@ -48,6 +50,7 @@ def test_the_scale_bench_times_every_method_against_its_replay_and_the_evaluatio
     assert ev["windows"] == 4 and ev["ratio"] == ev["one_window_s"] / ev["compbench_s"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda", "gptq"])
 def test_the_reference_replay_computes_what_the_engine_computes(tmp_path, small_llama, method):
     """The two procedures differ in how they feed the samples, not in what they compute: the same
@@ -90,3 +93,19 @@ def test_the_gpu_script_runs_both_parts_and_writes_both_files(tmp_path):
     assert routed and all(e["backend"] == min(e["routes"], key=lambda k: e["routes"][k]["seconds"]) for e in routed)
     scale = json.loads((tmp_path / "scale-cpu.json").read_text())
     assert [r["method"] for r in scale["results"]] == ["wanda"] and scale["evaluation"]["windows"] == 2
+
+
+@pytest.mark.e2e
+def test_the_awq_replay_leaves_every_linear_on_its_grid(tmp_path, small_llama):
+    """llm-awq's procedure (not the harness's search: see reference_awq) still ends in
+    round-to-nearest codes: at most 2^bits values per (row, group)."""
+    from methods.core.arch import weight_matrix
+    bench = _bench()
+    cfg = _cfg(tmp_path, "bench.settings.awq.group_size=32")
+    lm = bench._fresh(cfg, torch.device("cpu"))
+    bench.reference_awq(lm, bench._windows(cfg, lm), bench._method("awq", cfg), torch.device("cpu"))
+    for block in lm.family.blocks(lm.model):
+        for name, layer in lm.family.linears(block).items():
+            W = weight_matrix(layer)
+            groups = W.reshape(W.shape[0], -1, 32)
+            assert max(len(torch.unique(groups[r, g])) for r in range(4) for g in range(groups.shape[1])) <= 16, name
