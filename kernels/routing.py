@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from kernels.formats.base import WeightFormat
+from kernels.formats.base import WeightFormat, code_kernels
 
 DEQUANT_DENSE = "dequantize + dense matmul"
 ROUTE_TOKENS = (1, 16, 2048)   # decode, a small batch, a prefill window
@@ -100,14 +100,11 @@ class Routed(WeightFormat):
 
 def weight_only_layouts(qt, device: torch.device, dtype: torch.dtype, skip: Sequence[str] = ()) -> list[WeightFormat]:
     """Every weight-only kernel on `device` that takes these codes as they are (repacked, never
-    re-quantized), but those whose backend is in `skip`; layouts with no kernel here are left out
-    (the dequantize-then-dense route stands for them)."""
-    from kernels.formats.gemlite import GemLite
-    from kernels.formats.int4 import Int4
-    from kernels.formats.int8 import Int8
-    from kernels.formats.packed import Packed
+    re-quantized: the registered code kernels, kernels.formats.base.code_kernel), but those whose
+    backend is in `skip`; layouts with no kernel here are left out (the dequantize-then-dense
+    route stands for them)."""
     out: list[WeightFormat] = []
-    for build in (GemLite, Int4, Int8, Packed):
+    for build in code_kernels():
         try:
             layout = build(qt, device, dtype)
         except (ValueError, ImportError, RuntimeError, NotImplementedError):

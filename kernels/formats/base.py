@@ -158,6 +158,22 @@ def numbered(key: str, name: str) -> int | None:
 
 
 _FORMATS: dict[str, type[KernelFormat]] = {}
+_CODE_KERNELS: list[type[WeightFormat]] = []
+
+
+def code_kernel(cls: type[WeightFormat]) -> type[WeightFormat]:
+    """Register a layout built as `cls(codes, device, dtype)` from a quantizer's integer codes
+    (a QuantizedTensor): one of the weight-only kernels that kernels/routing.py times for them.
+    Its constructor raises ValueError (or ImportError) for codes or a device it does not take."""
+    if cls not in _CODE_KERNELS:
+        _CODE_KERNELS.append(cls)
+    return cls
+
+
+def code_kernels() -> list[type[WeightFormat]]:
+    """Every registered code kernel (this package's modules imported first)."""
+    formats()
+    return list(_CODE_KERNELS)
 
 
 def register_format(cls: type[KernelFormat]) -> type[KernelFormat]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.formats.base import WeightFormat
+from kernels.formats.base import WeightFormat, code_kernel
 from methods.quantization.quantizer import QuantizedTensor
 
 GEMLITE_BITS = (1, 2, 4, 8)
@@ -75,6 +75,7 @@ def _library():
     return gemlite
 
 
+@code_kernel
 class GemLite(WeightFormat):
     """A16Wn through GemLite's Triton kernels, from the method's own codes (`gemlite_inputs`)."""
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.formats.base import WeightFormat, register_format
+from kernels.formats.base import WeightFormat, code_kernel, register_format
 from kernels.formats.packed import Packed
 from kernels.formats.quantized import QuantizedFormat, uniform_codes
 from methods.quantization.quantizer import QuantizedTensor
@@ -16,6 +16,7 @@ from methods.quantization.quantizer import QuantizedTensor
 INT4_GROUPS = (32, 64, 128, 256)   # what tinygemm's int4 kernels take
 
 
+@code_kernel
 class Int4(WeightFormat):
     """tinygemm's int4: W = (q − 8) · s + m per (row, group of 32..256 inputs), where our
     s · (q − z) gives m = s · (8 − z). Act-order groups become contiguous by permuting the input

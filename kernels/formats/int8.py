@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.formats.base import WeightFormat, register_format
+from kernels.formats.base import WeightFormat, code_kernel, register_format
 from kernels.formats.packed import Packed
 from kernels.formats.quantized import QuantizedFormat, uniform_codes
 from methods.quantization.quantizer import QuantizedTensor
@@ -16,6 +16,7 @@ def single_group(qt: QuantizedTensor) -> bool:
     return qt.scale.shape[1] == 1 and qt.g_idx is None
 
 
+@code_kernel
 class Int8(WeightFormat):
     """Symmetric 8-bit codes, W = s · (q − 128) per output row, through the int8 kernel. K is
     padded to a multiple of 16 with zero columns: torch 2.13's CPU kernel with bf16 inputs crashes

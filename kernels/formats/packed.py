@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from kernels import triton_packed
-from kernels.formats.base import NO_KERNEL_BACKEND, NoKernel, WeightFormat, register_format
+from kernels.formats.base import NO_KERNEL_BACKEND, NoKernel, WeightFormat, code_kernel, register_format
 from kernels.formats.quantized import QuantizedFormat, uniform_codes
 from methods.quantization.quantizer import QuantizedTensor, pack, unpack
 
 
+@code_kernel
 class Packed(WeightFormat):
     """2..8-bit codes in `pack`'s int32 words, scale and zero per (row, group), g_idx per column."""
 
