@@ -383,3 +383,26 @@ def test_convert_smoothquant_w8a8_runs_the_int8_product_and_scores_alike(tmp_pat
     # 4.6e-5 with AVX2, 1.1e-4 without SIMD (ATEN_CPU_CAPABILITY=avx512|avx2|default), and -4.7e-4
     # on a CI machine. A wrong scale, zero point or transpose moves it by more than 1e-2.
     assert abs(kern / fake - 1) < 1e-3, (kern, fake)
+
+
+def test_the_summary_holds_a_gpu_file_to_its_targets():
+    """kernels/summary.py: the geometric mean over the target's shapes, the best of its formats, the
+    kernel that ran named; every format held to the 2048-token floor."""
+    from kernels.summary import per_layer_targets
+    targets = {"shapes": ["llama-7b"], "per_layer": [
+        {"what": "4-bit", "formats": ["int4-w4-g128", "packed-w4-g128"], "tokens": 1, "at_least": 2.5, "best": True},
+        {"what": "floor", "formats": "all", "tokens": 2048, "at_least": 0.9, "each": True}]}
+
+    def entry(fmt, m, speedup, backend="k", shape_set="llama-7b"):
+        return {"set": shape_set, "format": fmt, "tokens": m, "speedup": speedup, "achieved_fraction": 0.5,
+                "backend": backend}
+    layers = [entry("int4-w4-g128", 1, 2.0, "tinygemm"), entry("int4-w4-g128", 1, 4.5, "gemlite"),
+              entry("packed-w4-g128", 1, 1.0), entry("int4-w4-g128", 1, 99.0, shape_set="llama-70b"),
+              entry("int4-w4-g128", 2048, 0.95), entry("packed-w4-g128", 2048, 0.5)]
+    four, floor = per_layer_targets({"layers": layers}, targets)
+    assert four["format"] == "int4-w4-g128" and four["figures"]["int4-w4-g128"]["speedup"] == pytest.approx(3.0)
+    assert four["met"] and four["figures"]["int4-w4-g128"]["kernels"] == ["gemlite", "tinygemm"]
+    assert not floor["met"] and list(floor["below"]) == ["packed-w4-g128"]
+    layers[1]["speedup"] = 2.0                                   # geometric mean 2.0: below 2.5
+    assert not per_layer_targets({"layers": layers}, targets)[0]["met"]
+    assert not per_layer_targets({"layers": []}, targets)[0]["met"]   # no figure is no claim
