@@ -163,8 +163,11 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
                         ran = min(times, key=times.get)    # routing by shape: the fastest kernel here
                         t, nbytes, err = times[ran], routes[ran][1], errs[ran]
                         peak = ceilings["matmul_flops"][case.peak or dname]
-                        achieved = (nbytes / t / ceilings["copy_bytes_per_s"] if bound == "bandwidth"
-                                    else case.flops_per_token * m / t / peak)
+
+                        def fraction(seconds_: float, bytes_: int) -> float:
+                            return (bytes_ / seconds_ / ceilings["copy_bytes_per_s"] if bound == "bandwidth"
+                                    else case.flops_per_token * m / seconds_ / peak)
+                        achieved = fraction(t, nbytes)
                         entry.update(backend=ran, seconds=t, speedup=dense_s[dname] / t,
                                      speedup_vs={d: s / t for d, s in dense_s.items()},
                                      ideal_speedup=case.ideal[bound], achieved_fraction=achieved,
@@ -172,6 +175,7 @@ def layer_cases(prof: DictConfig, models: dict, device: torch.device, ceilings: 
                                      ok=all(e < TOL[DTYPES[dname]] for e in errs.values()))
                         if len(routes) > 1:
                             entry["routes"] = {name: {"seconds": times[name], "speedup": dense_s[dname] / times[name],
+                                                      "achieved_fraction": fraction(times[name], routes[name][1]),
                                                       "max_rel_err": errs[name]} for name in routes}
                     except Exception as err:  # noqa: BLE001
                         entry.update(error=repr(err)[:300], trace=traceback.format_exc()[-500:])

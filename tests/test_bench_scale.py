@@ -91,6 +91,7 @@ def test_the_gpu_script_runs_both_parts_and_writes_both_files(tmp_path):
     assert kernels["profile"] == "smoke" and kernels["layers"]
     routed = [e for e in kernels["layers"] if "routes" in e]
     assert routed and all(e["backend"] == min(e["routes"], key=lambda k: e["routes"][k]["seconds"]) for e in routed)
+    assert all(r["achieved_fraction"] > 0 and r["max_rel_err"] < 2e-2 for e in routed for r in e["routes"].values())
     scale = json.loads((tmp_path / "scale-cpu.json").read_text())
     assert [r["method"] for r in scale["results"]] == ["wanda"] and scale["evaluation"]["windows"] == 2
 
