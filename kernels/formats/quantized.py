@@ -85,12 +85,10 @@ class QuantizedFormat(KernelFormat):
         from kernels.routing import weight_only_layouts
         return weight_only_layouts(qt, device, dtype, skip=[fmt.backend])
 
-    def _routed_layer(self, fmt: WeightFormat, others: list[WeightFormat], dtype: torch.dtype) -> WeightFormat:
-        from kernels.routing import Routed
-        kernels = [k for k in [fmt, *others] if not k.emulated]
-        if not kernels:      # no kernel runs these codes here: the format says so unrouted
-            return fmt
-        return Routed(kernels, dtype, self.route_tokens, dequant=not self.quantizes_activations)
+    def _kernels(self, qt: QuantizedTensor, layer: nn.Module | None, fmt: WeightFormat, device: torch.device,
+                 dtype: torch.dtype) -> list[WeightFormat]:
+        """`fmt` and the other kernels of its product that run here (none emulated)."""
+        return [k for k in [fmt, *self.other_kernels(qt, layer, fmt, device, dtype)] if not k.emulated]
 
     def layer(self, layer, path, W, device, dtype):
         qt = kept_codes(layer)
@@ -100,8 +98,10 @@ class QuantizedFormat(KernelFormat):
         if qt.bits != self.bits:
             raise ValueError(f"{path} holds {qt.bits}-bit codes, the record says {self.bits}")
         fmt = self.codes_format(qt, layer, path, device, dtype)
-        if self.route_tokens:
-            fmt = self._routed_layer(fmt, self.other_kernels(qt, layer, fmt, device, dtype), dtype)
+        kernels = self._kernels(qt, layer, fmt, device, dtype) if self.route_tokens else []
+        if kernels:      # else unrouted: its own kernel, or no kernel here (the format says so)
+            from kernels.routing import Routed
+            fmt = Routed(kernels, dtype, self.route_tokens, dequant=not self.quantizes_activations)
         return fmt, qt.to(device).dequantize()
 
     def compress(self, layer: nn.Module) -> None:
@@ -115,13 +115,12 @@ class QuantizedFormat(KernelFormat):
         fmt = self.layout(qt, W.device, dtype)
         return Case(fmt.matmul, qt.dequantize(), fmt.weight_bytes, 2 * W.numel(),
                     {"bandwidth": dense_bytes(W, dtype) / fmt.weight_bytes, "flops": 1.0}, fmt.backend,
-                    routes=self.case_routes(fmt, self.other_kernels(qt, None, fmt, W.device, dtype)))
+                    routes=self.case_routes(self._kernels(qt, None, fmt, W.device, dtype)))
 
-    def case_routes(self, fmt: WeightFormat, others: list[WeightFormat]
+    def case_routes(self, kernels: list[WeightFormat]
                     ) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None:
         """A benchmark case's routes: every kernel of the product with the bytes it reads."""
         from kernels.routing import routes_of
-        kernels = [k for k in [fmt, *others] if not k.emulated]
         if not kernels:
             return None
         return {name: (fn, k.weight_bytes)

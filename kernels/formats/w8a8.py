@@ -104,4 +104,4 @@ class W8A8Format(QuantizedFormat):
         return Case(fmt.matmul, ref, fmt.weight_bytes, 2 * W.numel(),
                     {"bandwidth": dense_bytes(W, dtype) / fmt.weight_bytes, "flops": 1.0}, fmt.backend,
                     expected=lambda x: act.fake(x).float() @ ref.t(), peak="int8",
-                    routes=self.case_routes(fmt, self.other_kernels(qt, None, fmt, W.device, dtype)))
+                    routes=self.case_routes(self._kernels(qt, None, fmt, W.device, dtype)))
