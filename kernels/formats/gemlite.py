@@ -36,9 +36,8 @@ def gemlite_inputs(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, tor
     bits = qt.bits if qt.bits in GEMLITE_BITS else 4 if qt.bits == 3 else None
     if bits is None:
         raise ValueError(f"GemLite takes 1/2/4/8-bit codes (3-bit in its 4-bit kernel), got {qt.bits}-bit")
-    if cols % MIN_K:
-        raise ValueError(f"GemLite wants in_features divisible by {MIN_K}, got {cols}")
-    codes, scale, zero, perm = qt.codes, qt.scale, qt.zero, None
+    _check_in_features(cols)
+    codes, scale, zero = qt.codes, qt.scale, qt.zero
     if qt.scale.shape[1] == 1:      # one scale and zero per row: repeated over groups
         group = next(g for g in (128, 64, 32) if cols % g == 0)
         scale, zero = scale.expand(rows, cols // group), zero.expand(rows, cols // group)
@@ -46,14 +45,15 @@ def gemlite_inputs(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, tor
     group = qt.group_size
     if group < MIN_GROUP or cols % group:
         raise ValueError(f"GemLite takes groups of at least {MIN_GROUP} columns that divide in_features, got {group}")
-    if qt.g_idx is not None:
-        g_idx = qt.g_idx.to(codes.device)
-        counts = torch.bincount(g_idx, minlength=scale.shape[1])
-        if bool((counts != group).any()):
-            raise ValueError("GemLite needs act-order groups of exactly group_size columns")
-        perm = torch.argsort(g_idx, stable=True)
+    perm = qt.contiguous_order()
+    if perm is not None:
         codes = codes[:, perm]
     return codes.to(torch.uint8), scale, zero, perm, bits, group
+
+
+def _check_in_features(cols: int) -> None:
+    if cols % MIN_K:
+        raise ValueError(f"GemLite wants in_features divisible by {MIN_K}, got {cols}")
 
 
 _CONFIG_LOADED = False
@@ -129,8 +129,7 @@ class GemLiteA8W8(WeightFormat):
             raise ValueError("GemLite's A8W8 takes symmetric 8-bit codes with one scale per row")
         if act.bits != 8 or act.mode != "per_token":
             raise ValueError("GemLite's A8W8 quantizes activations per token to 8 bits, the layer does not")
-        if qt.shape[1] % MIN_K:
-            raise ValueError(f"GemLite wants in_features divisible by {MIN_K}, got {qt.shape[1]}")
+        _check_in_features(qt.shape[1])
         gemlite = _library()
         super().__init__(*qt.shape, device)
         self.dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16

@@ -36,12 +36,9 @@ class Int4(WeightFormat):
         self.perm = None
         qt = qt.to(device)   # pack where the kernel runs: a GPU packs a 7B model's codes in seconds
         codes, scale, zero = qt.codes, qt.scale.float(), qt.zero.float()
-        if qt.g_idx is not None:
-            order = torch.argsort(qt.g_idx, stable=True)
-            counts = torch.bincount(qt.g_idx, minlength=scale.shape[1])
-            if bool((counts[:-1] != g).any()):
-                raise ValueError("int4 needs act-order groups of exactly group_size columns (GPTQ's act_order)")
-            codes, self.perm = codes[:, order], order.to(device)
+        order = qt.contiguous_order()
+        if order is not None:
+            codes, self.perm = codes[:, order], order
         cuda = device.type == "cuda"
         k_mult = math.lcm(g, 128 if cuda else g)   # CUDA packs K in tiles of innerKTiles · 16 = 128
         kp, np_ = -(-cols // k_mult) * k_mult, -(-rows // (8 if cuda else 16)) * (8 if cuda else 16)

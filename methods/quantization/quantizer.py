@@ -124,6 +124,17 @@ class QuantizedTensor:
             return self.g_idx
         return torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
 
+    def contiguous_order(self) -> torch.Tensor | None:
+        """The column order that turns act-order groups into runs of `group_size` consecutive
+        columns, for kernels that find a column's scale at column // group_size (None: the columns'
+        own order already is); ValueError where a group but the last holds another number of columns."""
+        if self.g_idx is None:
+            return None
+        counts = torch.bincount(self.g_idx, minlength=self.scale.shape[1])
+        if bool((counts[:-1] != self.group_size).any()):
+            raise ValueError("act-order groups must hold exactly group_size columns (GPTQ's act_order)")
+        return torch.argsort(self.g_idx, stable=True)
+
     def dequantize(self) -> torch.Tensor:
         g = self.groups().to(self.scale.device)
         return dequantize(self.codes.float(), self.scale[:, g].float(), self.zero[:, g].float())
