@@ -53,6 +53,10 @@ def target(set_: str | None, records: list[Any]) -> tuple[Path, list[str]]:
     folder = resolve_set(set_)
     if not (folder / "runs").is_dir():
         raise ValueError(f"{folder} holds no runs/ folder")
+    for r in records:
+        if isinstance(r, float):   # Hydra reads 14e17572 as 1.4e17579 = inf: the id is lost
+            raise ValueError(f"a record id read as the number {r}: quote ids that look like numbers, "
+                             f"e.g. \"records=['14e17572']\"")
     return folder, RecordStore(folder).resolve([str(r) for r in records])
 
 

@@ -143,6 +143,10 @@ def test_remeasure_names_records_by_their_leading_digits_and_refuses_one_that_ma
         out = subprocess.run([sys.executable, "scripts/remeasure.py", f"set={tmp_path}", f"records=[{name}]"],
                              cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and why in out.stderr
+    # an id of digits around an `e` reads as a float in Hydra's overrides: said, never resolved as 'inf'
+    out = subprocess.run([sys.executable, "scripts/remeasure.py", f"set={tmp_path}", "records=[14e17572]"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and "quote" in out.stderr
 
 
 @pytest.mark.e2e
