@@ -57,6 +57,11 @@ def test_fake_quant_linear_trains_its_latent_weights_and_stays_on_the_grid(make,
     frozen = fq.freeze()
     with torch.no_grad():
         assert torch.equal(frozen.weight, w)
+    from methods.quantization.quantizer import kept_codes
+    qt = kept_codes(frozen)     # uniform grids keep their integer codes for kernels.convert, exactly
+    assert (qt is not None) == isinstance(fq.weight_q, UniformWeight)
+    if qt is not None:
+        assert torch.equal(qt.dequantize(), w)
 
 
 def test_ternary_is_twn_and_the_activation_range_is_a_moving_average():
@@ -147,6 +152,39 @@ def test_qat_methods_train_through_the_trainer_and_freeze_onto_the_grid(name, kw
     b = {k: v for k, v in data[0].items() if "positions" not in k}
     with torch.no_grad():
         assert torch.isfinite(out(**b).start_logits).all()
+
+
+def test_q8bert_qat_runs_through_the_w8a8_kernel_and_ibert_simulation_gets_no_kernel():
+    """A trained W8A8 model converts to int8 × int8 kernels from the codes its freeze kept, and
+    gives the fake-quantized model's outputs; I-BERT's record (integer arithmetic simulated in
+    floating point) names no kernel format, with the reason."""
+    from kernels.convert import convert
+    from kernels.formats import NoKernel, format_for
+    from methods.core.arch import FAMILIES
+    from methods.core.base import TrainingInputs, build
+    from methods.core.model_facts import measure
+    fam = FAMILIES["bert"]
+    data = batches(3, qa=True)
+    recs = {}
+    for name in ("q8bert_qat", "ibert"):
+        torch.manual_seed(0)
+        model, method = tiny_bert(dropout=0.0, qa=True), build(name)
+        before = measure(model, fam)
+        out = method.compress_trained(model, fam, TrainingInputs(_trainer(steps=2), lambda e: data, None),
+                                      torch.device("cpu"))
+        recs[name] = (out, method.result(before, measure(out, fam)).to_record(32))
+    out, rec = recs["q8bert_qat"]
+    assert rec["sym"] is True and rec["quant_granularity"] == "tensor"
+    b = {k: v for k, v in data[0].items() if "positions" not in k}
+    with torch.no_grad():
+        fake = out(**b).start_logits
+        conv = convert(out, {"compression": rec}, "cpu")
+        assert conv.format.key == "w8a8" and conv.layers and conv.max_weight_rel_err == 0
+        assert set(conv.layers.values()) == {"torch._int_mm (int8 x int8 -> int32)"}
+        torch.testing.assert_close(out(**b).start_logits, fake, rtol=1e-4, atol=1e-4)
+    assert recs["ibert"][1]["quant_granularity"] == "channel"
+    with pytest.raises(NoKernel, match="simulated"):
+        format_for({"compression": recs["ibert"][1]})
 
 
 # ---- decoders: PEQA, NF4 + LoRA ----------------------------------------------------------------

@@ -204,6 +204,9 @@ def parse(key: str) -> KernelFormat:
 def format_for(record: dict[str, Any]) -> KernelFormat:
     """The kernel format of a record (or of its `compression` dict); NoKernel says why none fits."""
     comp = record.get("compression", record)
+    if comp.get("arithmetic") == "simulated integer":   # I-BERT: its integer GELU/softmax/LayerNorm
+        raise NoKernel("the record's integer arithmetic is simulated in floating point (its non-linear kernels "
+                       "too): converting its linears would time the simulation, not the method")
     for cls in formats().values():
         found = cls.for_record(comp)
         if found is not None:

@@ -15,7 +15,7 @@ token.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import nn
 
 from methods.core.wrapped_linears import LinearWrapper, unwrap_block_linears, wrap_block_linears
 from methods.quantization.act_quant import attach_act_quant
+from methods.quantization.quantizer import QuantizedTensor, keep_codes
 from methods.core.settings import GroupSize, Positive
 
 
@@ -51,6 +52,15 @@ class WeightQuantizer(nn.Module):
 
     def stats(self, w: torch.Tensor) -> int:
         return 1
+
+    def quantized_tensor(self, w: torch.Tensor) -> QuantizedTensor | None:
+        """w's integer codes in the form kernels.convert packs, where the grid is uniform integer;
+        None for any other grid (ternary, binary, codebooks)."""
+        return None
+
+    def grid(self) -> dict[str, Any] | None:
+        """The grid's facts a kernel format reads from a record (`sym`, `quant_granularity`), or None."""
+        return None
 
 
 class UniformWeight(WeightQuantizer):
@@ -110,6 +120,26 @@ class UniformWeight(WeightQuantizer):
     def stats(self, w: torch.Tensor) -> int:
         rows = _rows(w, self.per, self.group_size).shape[0]
         return rows * (1 if self.sym else 2)
+
+    @torch.no_grad()
+    def quantized_tensor(self, w: torch.Tensor) -> QuantizedTensor:
+        """The codes of `forward(w)` as a QuantizedTensor: unsigned (symmetric codes shifted by
+        2^(b−1), the zero point with them), one scale and zero per row and group; it dequantizes
+        to `forward(w)` exactly."""
+        s, z = (self.scale, self.zero) if self.scale is not None else self.observe(w)
+        rows, cols = w.shape
+        shift = 2 ** (self.bits - 1) if self.sym else 0
+        codes = (self.codes(w) + shift).to(torch.uint8)
+        n_groups = 1 if self.per != "group" else cols // self.group_size
+        scale = s.detach().float().reshape(-1, n_groups).expand(rows, n_groups).clone()
+        zero = (z.float() + shift).reshape(-1, n_groups).expand(rows, n_groups).clone()
+        return QuantizedTensor(codes, scale, zero, cols if self.per != "group" else self.group_size, self.bits)
+
+    def grid(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sym": self.sym, "quant_granularity": self.per}
+        if self.per == "group":
+            out["group_size"] = self.group_size
+        return out
 
 
 class TernaryWeight(WeightQuantizer):
@@ -208,8 +238,12 @@ class FakeQuantLinear(LinearWrapper):
 
     @torch.no_grad()
     def freeze(self) -> nn.Linear:
-        """The plain linear holding ŵ (and the activation quantizer as a hook)."""
+        """The plain linear holding ŵ (and the activation quantizer as a hook), with ŵ's integer
+        codes kept for kernels.convert where the grid is uniform."""
+        qt = self.weight_q.quantized_tensor(self.linear.weight)
         self.linear.weight.copy_(self.quantized_weight())
+        if qt is not None:
+            keep_codes(self.linear, qt)
         if self.act_q is not None:
             self.act_q.attach_to(self.linear)
         return self.linear

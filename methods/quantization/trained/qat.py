@@ -3,7 +3,8 @@
     wrap every block linear: y = Q_a(x) Q_w(W)ᵀ + b        (the method picks Q_w, Q_a)
     optionally the word embedding: E ↦ Q_e(E)               (a parametrization, same STE)
     fit on the task (labels, + logit KD, or the method's layer-wise distillation)
-    freeze: W ← Q_w(W) on the grid, Q_a becomes a static hook; account the stored bits
+    freeze: W ← Q_w(W) on the grid (its integer codes kept where the grid is uniform), Q_a becomes
+            a static hook; account the stored bits
 
 The rate is counted as the survey's rows count it: `wbits` against full precision
 (`nominal_base`, 32 bits for the encoder rows), e.g. 1 − 2/32 = 93.8% for TernaryBERT; the
@@ -85,6 +86,9 @@ class QATMethod(StorageLedger, RowMethod):
             block, name = key.split(".", 1)
             self.account(int(block), name, *m.weight.shape, bits=m.weight_q.bits, n_groups=0,
                          extra_bits=m.weight_q.stats(m.weight) * FP32_BITS)
+        grids = [m.weight_q.grid() for m in wrapped.values()]
+        if grids and all(g is not None and g == grids[0] for g in grids):   # one uniform grid: a format may fit
+            self.facts.update(grids[0])
         freeze_linears(model, family, wrapped)
         if self.embeddings:
             emb = model.get_input_embeddings()
